@@ -1,0 +1,77 @@
+"""The small set of operations the transformer routes through, so a backend can swap them.
+
+Fused Triton kernels, an engine's sequence-parallel attention or torch_npu implement the same
+methods; the model code never changes. Tensors are [batch, tokens, ...]; attention tensors are
+[batch, tokens, heads, head_dim].
+
+Per-token modulation in Helios has two rows: history tokens use the t=0 embedding and the
+current chunk uses the step's timestep. `shift`, `scale` and `gate` are therefore (B, R, D) with
+R = 1 (every token alike) or R = 2 (the first `split` tokens take row 0, the rest row 1); ops
+apply the rows to token slices instead of materialising a (B, L, D) tensor per block.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _rows(t: torch.Tensor, split: int, length: int):
+    """Yield (token slice, row) pairs for a (B, R, D) modulation tensor."""
+    if t.shape[1] == 1:
+        yield slice(0, length), t
+    else:
+        if split > 0:
+            yield slice(0, split), t[:, 0:1]
+        yield slice(split, length), t[:, 1:2]
+
+
+class TorchOps:
+    """Reference implementations in plain torch; the behaviour every other backend must match."""
+
+    name = "torch"
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm over the last dim, statistics in fp32 (Helios' q/k norm spans all heads)."""
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return (y * weight.float()).to(x.dtype)
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+        """fp32 LayerNorm returning x's dtype (norm2, the affine cross-attention norm)."""
+        w = None if weight is None else weight.float()
+        b = None if bias is None else bias.float()
+        return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
+
+    def modulated_norm(
+        self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, split: int, eps: float
+    ) -> torch.Tensor:
+        """fp32 LayerNorm(x) * (1 + scale) + shift, per modulation row, cast back to x's dtype."""
+        normed = F.layer_norm(x.float(), (x.shape[-1],), None, None, eps)
+        out = torch.empty_like(x)
+        for (tokens, sh), (_, sc) in zip(_rows(shift, split, x.shape[1]), _rows(scale, split, x.shape[1])):
+            out[:, tokens] = (normed[:, tokens] * (1 + sc) + sh).to(x.dtype)
+        return out
+
+    def gated_residual(self, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, split: int) -> torch.Tensor:
+        """x + y * gate in fp32, per modulation row, cast back to x's dtype."""
+        out = torch.empty_like(x)
+        for tokens, g in _rows(gate, split, x.shape[1]):
+            out[:, tokens] = (x[:, tokens].float() + y[:, tokens].float() * g).to(x.dtype)
+        return out
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate interleaved pairs (x[2i], x[2i+1]) of each head; cos/sin are (B, L, head_dim/2)."""
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+        c, s = cos.unsqueeze(2), sin.unsqueeze(2)
+        out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+        return out.to(x.dtype)
+
+
+def default_ops(device: torch.device | str) -> TorchOps:
+    """The ops a device gets when the caller names none."""
+    return TorchOps()

@@ -1,0 +1,173 @@
+"""`Helios`: the loaded components of one checkpoint and the entry points every backend calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import PipelineConfig, SchedulerConfig
+from .loading import check_folder, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
+from .request import GenerationRequest, Plan, plan
+from .sampler import Chunk, Generation, rand, randn
+from .text import TextEncoder
+from .transformer import HeliosTransformer
+from .vae import WanVAE, to_uint8_frames
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """A finished chunk: latents (B, 16, T, h, w) and, when decoded, frames (B, T', H, W, 3) uint8."""
+
+    index: int
+    latents: torch.Tensor
+    frames: torch.Tensor | None
+
+
+class Helios:
+    def __init__(
+        self,
+        transformer: HeliosTransformer,
+        pipeline: PipelineConfig,
+        scheduler: SchedulerConfig,
+        text_encoder: TextEncoder | None,
+        vae: WanVAE | None,
+    ):
+        self.transformer = transformer
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.text_encoder = text_encoder
+        self.vae = vae
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float32",
+        vae_dtype: str | torch.dtype = "float32",
+        ops=None,
+    ) -> "Helios":
+        """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32)."""
+        folder = Path(folder)
+        pipeline = check_folder(folder)
+        device = resolve_device(device)
+        dtype, vae_dtype = resolve_dtype(dtype), resolve_dtype(vae_dtype)
+        scheduler = load_scheduler_config(folder)
+        transformer = load_transformer(folder, dtype, device, ops)
+        text_encoder = TextEncoder.load(folder, dtype, device)
+        vae = WanVAE.load(folder, vae_dtype, device)
+        return cls(transformer, pipeline, scheduler, text_encoder, vae)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def variant(self) -> str:
+        return self.pipeline.variant
+
+    def plan(self, request: GenerationRequest) -> Plan:
+        return plan(request, self.pipeline, self.scheduler, self.transformer.config.patch_size)
+
+    def make_generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    # -- preparation ------------------------------------------------------------------------------
+
+    def _encode(self, prompts: list[str], max_length: int) -> torch.Tensor:
+        if self.text_encoder is None:
+            raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
+        return self.text_encoder.encode(prompts, max_length)
+
+    def _condition_image(self, p: Plan, generator):
+        """I2V: the image latent (prefix) and a fake last-history latent, both lightly noised."""
+        image = p.image.unsqueeze(2)
+        image_latents = self.vae.encode(image, generator).float()
+        window = p.video_frames_per_chunk
+        fake = self.vae.encode(image.repeat(1, 1, window, 1, 1), generator)[:, :, -1:].float()
+        if p.add_noise_to_image_latents:
+            image_latents = self._noised(image_latents, p.image_noise_sigma, generator)
+            fake = self._noised(fake, p.video_noise_sigma, generator)
+        return image_latents, fake
+
+    def _noised(self, latents: torch.Tensor, sigma_range: tuple[float, float], generator, per_frame: bool = False):
+        lo, hi = sigma_range
+        n = latents.shape[2] if per_frame else 1
+        sigma = rand(n, generator, self.device) * (hi - lo) + lo
+        if per_frame:
+            sigma = sigma.view(1, 1, n, 1, 1)
+        return sigma * randn(latents.shape, generator, self.device) + (1 - sigma) * latents
+
+    def _condition_video(self, p: Plan, generator):
+        """V2V: the first frame's latent (prefix) and the video's latents, encoded in end-aligned chunks."""
+        video = p.video
+        window = p.video_frames_per_chunk
+        n_chunks = video.shape[2] // window
+        start = video.shape[2] - n_chunks * window
+        first = self.vae.encode(video[:, :, 0:1], generator).float()
+        chunks = [self.vae.encode(video[:, :, start + i * window : start + (i + 1) * window], generator) for i in range(n_chunks)]
+        latents = torch.cat(chunks, dim=2).float()
+        if p.add_noise_to_video_latents:
+            first = self._noised(first, p.image_noise_sigma, generator)
+            latents = torch.cat(
+                [
+                    self._noised(latents[:, :, i * p.chunk_frames : (i + 1) * p.chunk_frames], p.video_noise_sigma, generator, per_frame=True)
+                    for i in range(latents.shape[2] // p.chunk_frames)
+                ],
+                dim=2,
+            )
+        return first, latents
+
+    def start(
+        self,
+        request: GenerationRequest | Plan,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+    ) -> Generation:
+        """Validate and prepare a request: encode prompts and conditioning, draw its first random numbers.
+
+        The generator defaults to one seeded with the request's seed on the model's device.
+        """
+        p = request if isinstance(request, Plan) else self.plan(request)
+        if generator is None:
+            generator = self.make_generator(p.seed)
+        with torch.no_grad():
+            text = prompt_embeds if prompt_embeds is not None else self._encode(list(p.prompts), p.max_sequence_length)
+            negative = None
+            if p.do_cfg:
+                negative = negative_prompt_embeds
+                if negative is None:
+                    negative = self._encode([p.negative_prompt] * (1 if p.prompt_schedule else len(p.prompts)), p.max_sequence_length)
+            image_latents = history = prefix = None
+            if p.task == "i2v":
+                image_latents, history = self._condition_image(p, generator)
+                prefix = history
+            elif p.task == "v2v":
+                image_latents, history = self._condition_video(p, generator)
+                prefix = history
+        return Generation(p, self.transformer, self.pipeline, self.scheduler, text, negative, generator, image_latents, history, prefix)
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, generation: Generation, chunk: Chunk) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 frames of a chunk; the last chunk is trimmed to the video's length."""
+        video = self.vae.decode(chunk.latents)
+        return to_uint8_frames(video[:, :, : generation.frames_to_keep(chunk.index)])
+
+    def stream(self, request: GenerationRequest | Generation, decode: bool = True) -> Iterator[ChunkOutput]:
+        """Run a request chunk by chunk, handing out each chunk as soon as it exists."""
+        gen = request if isinstance(request, Generation) else self.start(request)
+        with torch.no_grad():
+            while not gen.done:
+                gen.begin_chunk()
+                while not gen.chunk_denoised:
+                    gen.step()
+                chunk = gen.end_chunk()
+                yield ChunkOutput(chunk.index, chunk.latents, self.decode(gen, chunk) if decode else None)

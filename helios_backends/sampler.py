@@ -1,0 +1,266 @@
+"""The chunked, pyramid sampler as a step-wise state machine.
+
+A `Generation` is one request in flight. An engine's scheduler drives it one call at a time:
+
+    gen = helios.start(request)
+    while not gen.done:
+        gen.begin_chunk()                 # draws the chunk's noise
+        while not gen.chunk_denoised:
+            gen.step()                    # one denoising step (stage changes happen inside)
+        chunk = gen.end_chunk()           # latents of the chunk; history updated
+        frames = helios.decode(chunk)     # uint8 frames, available at once
+
+Random numbers are drawn from the request's generator in the reference pipelines' order (VAE
+posterior samples and conditioning noise at the start; per chunk the chunk noise; per pyramid
+stage after the first the block noise), so equal seeds give equal latents. The sampler keeps
+only the history frames the transformer reads (the last sum(history_sizes) latent frames and
+the first-frame prefix), so its state does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import PipelineConfig, SchedulerConfig
+from .request import Plan
+from .schedule import calculate_shift, image_seq_len, renoise_coefficients, single_stage_schedule, stage_layout, stage_schedule
+from .schedulers import make_stepper
+from .transformer import FramePositions, HeliosTransformer, History
+
+
+def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
+    """Normal noise drawn on the generator's device (so a CPU seed gives the same noise anywhere)."""
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
+
+
+def rand(n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    source = generator.device if generator is not None else device
+    return torch.rand(n, generator=generator, device=source).to(device)
+
+
+def block_noise(shape, gamma: float, patch_hw: tuple[int, int], generator, device) -> torch.Tensor:
+    """Noise correlated within each (ph x pw) block: covariance (1 + gamma) I - gamma 11^T.
+
+    At the released gamma = 1/3 the covariance is singular up to the 1e-8 jitter; the factor is
+    taken in float64, where the jitter keeps it positive definite (fp32 Cholesky fails there).
+    """
+    b, c, t, h, w = shape
+    ph, pw = patch_hw
+    n = ph * pw
+    cov = torch.eye(n, dtype=torch.float64) * (1 + gamma) - torch.ones(n, n, dtype=torch.float64) * gamma
+    chol = torch.linalg.cholesky(cov + torch.eye(n, dtype=torch.float64) * 1e-8).float().to(device)
+    z = randn((b * c * t * (h // ph) * (w // pw), n), generator, device)
+    noise = (z @ chol.T).view(b, c, t, h // ph, w // pw, ph, pw)
+    return noise.permute(0, 1, 2, 3, 5, 4, 6).reshape(b, c, t, h, w)
+
+
+def resize_frames(latents: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize each latent frame (B, C, T, h, w) spatially."""
+    b, c, t, h, w = latents.shape
+    x = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    x = F.interpolate(x, size=size, mode=mode)
+    return x.reshape(b, t, c, *size).permute(0, 2, 1, 3, 4)
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, zero_star: bool) -> torch.Tensor:
+    """Classifier-free guidance; CFG-Zero* first rescales the unconditional branch by s* = <c,u>/|u|^2."""
+    if not zero_star:
+        return uncond + scale * (cond - uncond)
+    b = cond.shape[0]
+    c, u = cond.reshape(b, -1).float(), uncond.reshape(b, -1).float()
+    s = (c * u).sum(1, keepdim=True) / ((u**2).sum(1, keepdim=True) + 1e-8)
+    s = s.view(b, *([1] * (cond.ndim - 1))).to(cond.dtype)
+    return uncond * s + scale * (cond - uncond * s)
+
+
+def interpolated_prompt(embeds: torch.Tensor, starts: list[int], chunk: int, steps: int) -> torch.Tensor:
+    """Upstream's interactive mode: a new prompt blends in from the previous one over `steps` chunks."""
+    j = max(i for i, s in enumerate(starts) if s <= chunk)
+    into = chunk - starts[j]
+    if j == 0 or into >= steps:
+        return embeds[j : j + 1]
+    w = torch.linspace(0, 1, steps)[into].item()
+    return torch.lerp(embeds[j - 1 : j], embeds[j : j + 1], w)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One finished chunk: its index and latents (B, 16, T, h, w)."""
+
+    index: int
+    latents: torch.Tensor
+
+
+class Generation:
+    def __init__(
+        self,
+        plan: Plan,
+        transformer: HeliosTransformer,
+        pipeline: PipelineConfig,
+        scheduler: SchedulerConfig,
+        text: torch.Tensor,
+        negative_text: torch.Tensor | None,
+        generator: torch.Generator | None,
+        image_latents: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+        prefix_latents: torch.Tensor | None = None,
+    ):
+        """text: (B, S, D) prompt states, or (P, S, D) for an interactive schedule of P prompts.
+
+        image_latents: the first-frame prefix (I2V/V2V); history: initial history frames (I2V's fake
+        latent, V2V's noised video latents); prefix_latents: the conditioning frames the reference
+        pipeline counts as generated before chunk 0 (kept for latent output only).
+        """
+        self.plan = plan
+        self.transformer = transformer
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.generator = generator
+        self.device = transformer.device
+        self.dtype = transformer.dtype
+        self.text = text.to(self.device, self.dtype)
+        self.negative_text = None if negative_text is None else negative_text.to(self.device, self.dtype)
+        self.image_latents = image_latents
+        self.prefix_latents = prefix_latents
+        self.stages = scheduler.stages if pipeline.is_pyramid else 1
+        self.layout = stage_layout(scheduler) if self.stages > 1 else None
+        self.positions = FramePositions.helios(plan.history_sizes, plan.chunk_frames, plan.keep_first_frame)
+
+        b = plan.batch_size
+        self.latent_hw = (plan.height // 8, plan.width // 8)
+        sizes = list(plan.history_sizes)
+        if not plan.keep_first_frame:
+            sizes[-1] += 1  # without the first-frame prefix the short view takes two recent frames
+        self.history_split = sizes
+        self.window = sum(sizes)
+        buffer = torch.zeros(b, transformer.config.in_channels, self.window, *self.latent_hw, device=self.device)
+        if history is not None:
+            history = history.to(self.device, torch.float32).expand(b, -1, -1, -1, -1)
+            keep = max(self.window - history.shape[2], 0)
+            buffer = torch.cat([buffer[:, :, :keep], history[:, :, -self.window :]], dim=2)
+        self.history_buffer = buffer
+
+        self.chunk = -1
+        self.steps_done = 0
+        self.total_steps = plan.total_steps(scheduler.kind)
+        self._latents: torch.Tensor | None = None
+        self._denoised = False
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.chunk == self.plan.num_chunks - 1 and self._latents is None
+
+    @property
+    def chunk_denoised(self) -> bool:
+        return self._denoised
+
+    # -- chunk ------------------------------------------------------------------------------------
+
+    def begin_chunk(self) -> None:
+        if self._latents is not None or self.done:
+            raise RuntimeError("begin_chunk: the previous chunk is not finished, or the request is done")
+        self.chunk += 1
+        k, plan = self.chunk, self.plan
+        b, c = plan.batch_size, self.transformer.config.in_channels
+
+        long, mid, one = self.history_buffer[:, :, -self.window :].split(self.history_split, dim=2)
+        if plan.keep_first_frame:
+            prefix = self.image_latents if self.image_latents is not None else torch.zeros_like(one[:, :, :1])
+            short = torch.cat([prefix.expand(b, -1, -1, -1, -1).to(one.dtype), one], dim=2)
+        else:
+            short = one
+        self._history = History(short.to(self.dtype), mid.to(self.dtype), long.to(self.dtype))
+        if plan.prompt_schedule:
+            starts = [s.start_chunk for s in plan.prompt_schedule]
+            self._text = interpolated_prompt(self.text, starts, k, plan.interpolation_steps)
+        else:
+            self._text = self.text
+
+        latents = randn((b, c, plan.chunk_frames, *self.latent_hw), self.generator, self.device)
+        h, w = self.latent_hw
+        for _ in range(self.stages - 1):
+            h, w = h // 2, w // 2
+            latents = resize_frames(latents, (h, w), "bilinear") * 2
+        self._latents = latents
+        self._denoised = False
+        self._rope = {}
+        self._begin_stage(0)
+
+    def _begin_stage(self, stage: int) -> None:
+        plan, cfg = self.plan, self.scheduler
+        latents = self._latents
+        steps = plan.chunk_steps(self.chunk, cfg.kind)[stage]
+        mu = calculate_shift(image_seq_len(*latents.shape[2:], self.transformer.config.patch_size), cfg)
+        amplify = plan.is_amplify_first_chunk and self.chunk == 0
+        if self.stages > 1:
+            schedule = stage_schedule(cfg, self.layout, stage, plan.steps[stage], mu, amplify)
+        else:
+            schedule = single_stage_schedule(cfg, steps, mu)
+        if stage > 0:
+            h, w = latents.shape[-2] * 2, latents.shape[-1] * 2
+            latents = resize_frames(latents, (h, w), "nearest")
+            a, b = renoise_coefficients(self.layout.ori_start_sigmas[stage], cfg.gamma)
+            noise = block_noise(latents.shape, cfg.gamma, self.transformer.config.patch_size[1:], self.generator, self.device)
+            latents = a * latents + b * noise.to(self.dtype)
+        self._latents = latents
+        self.stage = stage
+        self.step_in_stage = 0
+        self._schedule = schedule
+        self._stepper = make_stepper(cfg, schedule, latents)
+
+    def _rope_for(self, hw: tuple[int, int]):
+        if hw not in self._rope:
+            self._rope[hw] = self.transformer.rope_for(self.positions, hw, self.latent_hw, self.device)
+        return self._rope[hw]
+
+    def _predict(self) -> torch.Tensor:
+        t = self._schedule.timesteps[self.step_in_stage]
+        b = self._latents.shape[0]
+        timestep = t.expand(b).to(self.device)
+        if self.pipeline.is_pyramid:
+            timestep = timestep.to(torch.int64)
+        x = self._latents.to(self.dtype)
+        rope = self._rope_for(tuple(x.shape[-2:]))
+        cond = self.transformer(x, timestep, self._text.expand(b, -1, -1), self._history, rope)
+        if not self.plan.do_cfg:
+            return cond
+        uncond = self.transformer(x, timestep, self.negative_text.expand(b, -1, -1), self._history, rope)
+        zero_star = self.pipeline.is_pyramid and self.pipeline.is_cfg_zero_star
+        if zero_star and self.plan.use_zero_init and self.stage == 0 and self.step_in_stage <= self.plan.zero_steps:
+            return cond * 0.0
+        return guide(cond, uncond, self.plan.guidance_scale, zero_star)
+
+    def step(self) -> None:
+        """One denoising step of the current chunk; enters the next pyramid stage when one ends."""
+        if self._latents is None or self._denoised:
+            raise RuntimeError("step: no chunk is being denoised (call begin_chunk)")
+        flow = self._predict()
+        self._latents = self._stepper.step(flow, self._latents)
+        self.step_in_stage += 1
+        self.steps_done += 1
+        if self.step_in_stage == len(self._schedule.timesteps):
+            if self.stage + 1 < self.stages:
+                self._begin_stage(self.stage + 1)
+            else:
+                self._denoised = True
+
+    def end_chunk(self) -> Chunk:
+        if not self._denoised:
+            raise RuntimeError("end_chunk: the chunk is not fully denoised")
+        latents, self._latents = self._latents, None
+        plan, k = self.plan, self.chunk
+        if plan.keep_first_frame and ((k == 0 and self.image_latents is None) or (plan.is_skip_first_chunk and k == 1)):
+            self.image_latents = latents[:, :, 0:1]
+        self.history_buffer = torch.cat([self.history_buffer, latents.float()], dim=2)[:, :, -self.window :]
+        return Chunk(k, latents)
+
+    def frames_to_keep(self, chunk: int) -> int:
+        """Decoded frames of `chunk` that belong to the video (the last chunk is trimmed to 4k+1)."""
+        per = self.plan.video_frames_per_chunk
+        return min(per, self.plan.output_frames - chunk * per)
