@@ -78,13 +78,17 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, zero_star: boo
 
 
 def interpolated_prompt(embeds: torch.Tensor, starts: list[int], chunk: int, steps: int) -> torch.Tensor:
-    """Upstream's interactive mode: a new prompt blends in from the previous one over `steps` chunks."""
+    """Interactive mode: a new prompt blends in from the previous one over `steps` chunks.
+
+    Upstream lerps with weights linspace(0, 1, steps), so a prompt's own start chunk still shows
+    only the old prompt; here the weight is (p + 1) / steps for the p-th chunk of the prompt, so
+    the new prompt acts from the chunk it was scheduled at and is whole `steps - 1` chunks later.
+    """
     j = max(i for i, s in enumerate(starts) if s <= chunk)
     into = chunk - starts[j]
-    if j == 0 or into >= steps:
+    if j == 0 or into >= steps - 1:
         return embeds[j : j + 1]
-    w = torch.linspace(0, 1, steps)[into].item()
-    return torch.lerp(embeds[j - 1 : j], embeds[j : j + 1], w)
+    return torch.lerp(embeds[j - 1 : j], embeds[j : j + 1], (into + 1) / steps)
 
 
 @dataclass(frozen=True)
