@@ -35,6 +35,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch device that exists on this machine, or a clear error."""
+    if str(device).split(":")[0] == "npu":
+        from npu.device import npu_device
+
+        return npu_device(str(device))
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -47,10 +51,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise CheckpointError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
-    if dev.type == "npu":
-        from npu.device import npu_device
-
-        return npu_device(dev)
     raise CheckpointError(f"unsupported device {device!r} (accepted: cpu, cuda[:N], npu[:N])")
 
 

@@ -16,14 +16,14 @@ def import_torch_npu():
     return torch_npu
 
 
-def npu_device(device: torch.device) -> torch.device:
-    """A usable NPU device, or a one-line error saying why not."""
-    torch_npu = import_torch_npu()
-    if torch_npu is None:
-        raise CheckpointError(f"device {str(device)!r}: torch_npu is not installed or cannot load (needs an Ascend CANN stack)")
+def npu_device(name: str) -> torch.device:
+    """A usable NPU device for "npu" or "npu:N", or a one-line error saying why not."""
+    if import_torch_npu() is None:
+        raise CheckpointError(f"device {name!r}: torch_npu is not installed or cannot load (needs an Ascend CANN stack)")
+    device = torch.device(name)
     count = torch.npu.device_count()
     if count == 0:
-        raise CheckpointError(f"device {str(device)!r}: no Ascend NPU is visible")
+        raise CheckpointError(f"device {name!r}: no Ascend NPU is visible")
     if device.index is not None and device.index >= count:
-        raise CheckpointError(f"device {str(device)!r}: only {count} NPU(s) present")
+        raise CheckpointError(f"device {name!r}: only {count} NPU(s) present")
     return device

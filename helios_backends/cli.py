@@ -1,0 +1,222 @@
+"""`helios`: generate videos with the core from a terminal.
+
+    helios generate --prompt "a fox in snow" --output fox.mp4      # built-in tiny model
+    helios generate --model /models/Helios-Distilled --device cuda --dtype bfloat16 ...
+    helios make-tiny DIR [--variant base|mid|distilled]
+
+Every option is checked against the checkpoint's configs before any weights load; an error is
+one line naming the option and what it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import CheckpointError, RequestError
+
+OPTION_NAMES = {"num_inference_steps": "--steps", "prompt_schedule": "--prompt-schedule", "model": "--model"}
+TINY_VERSION = "v1"
+
+
+class CliError(Exception):
+    pass
+
+
+def option(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def default_model_dir() -> Path:
+    """The built-in tiny Distilled model, created once in the cache folder."""
+    from .tiny import make_tiny
+
+    cache = Path(os.environ.get("HELIOS_CACHE", Path.home() / ".cache" / "helios-backends"))
+    folder = cache / f"tiny-distilled-{TINY_VERSION}"
+    if not (folder / "model_index.json").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tiny-"))
+        make_tiny(tmp, "distilled")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_prompt_schedule(path: str):
+    """CSV with a header `start_chunk,prompt`: each prompt takes over at its chunk."""
+    from .request import PromptSegment
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise CliError(f"--prompt-schedule: cannot read {path}: {exc.strerror}") from None
+    if not rows or set(rows[0]) != {"start_chunk", "prompt"}:
+        raise CliError("--prompt-schedule: needs a CSV header 'start_chunk,prompt' and at least one row")
+    try:
+        return [PromptSegment(int(r["start_chunk"]), r["prompt"]) for r in rows]
+    except (TypeError, ValueError):
+        raise CliError("--prompt-schedule: start_chunk must be an integer on every row") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helios", description="Helios real-time video diffusion")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("make-tiny", help="write a tiny random-weight Helios folder (released layout)")
+    tiny.add_argument("folder")
+    tiny.add_argument("--variant", choices=["base", "mid", "distilled"], default="distilled")
+
+    g = sub.add_parser("generate", help="generate a video")
+    g.add_argument("--model", help="a Helios folder (default: the built-in tiny model)")
+    g.add_argument("--prompt")
+    g.add_argument("--negative-prompt")
+    g.add_argument("--task", choices=["t2v", "i2v", "v2v"])
+    g.add_argument("--image", help="input image file (i2v)")
+    g.add_argument("--video", help="input video file (v2v)")
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--num-frames", type=int)
+    g.add_argument("--fps", type=int, default=24)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, help="denoising steps (single-stage Base)")
+    g.add_argument("--pyramid-steps", type=int, nargs="+", metavar="N", help="steps per pyramid stage (Mid/Distilled)")
+    g.add_argument("--guidance-scale", type=float)
+    g.add_argument("--zero-steps", type=int)
+    g.add_argument("--no-zero-init", action="store_true", help="turn CFG-Zero* zero-init off")
+    g.add_argument("--amplify-first-chunk", action="store_true", default=None)
+    g.add_argument("--skip-first-chunk", action="store_true")
+    g.add_argument("--image-noise-sigma", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.111, 0.135))
+    g.add_argument("--video-noise-sigma", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.111, 0.135))
+    g.add_argument("--prompt-schedule", help="CSV 'start_chunk,prompt': interactive prompts")
+    g.add_argument("--interpolation-steps", type=int, default=3, help="chunks over which a scheduled prompt blends in")
+    g.add_argument("--max-sequence-length", type=int)
+    g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or npu[:N]")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    g.add_argument("--output", default="output.mp4")
+    g.add_argument("--output-latents", help="also save every latent frame to this .safetensors file")
+    return parser
+
+
+def _request(args):
+    from .request import GenerationRequest
+    from .video import read_image, read_video
+
+    image = video = None
+    try:
+        image = read_image(args.image) if args.image else None
+    except ValueError as exc:
+        raise CliError(f"--image: {exc}") from None
+    try:
+        video = read_video(args.video) if args.video else None
+    except ValueError as exc:
+        raise CliError(f"--video: {exc}") from None
+    schedule = read_prompt_schedule(args.prompt_schedule) if args.prompt_schedule else None
+    if schedule is None and not args.prompt:
+        raise CliError("--prompt: a prompt is required (or --prompt-schedule)")
+    return GenerationRequest(
+        prompt=None if schedule else args.prompt,
+        negative_prompt=args.negative_prompt,
+        task=args.task,
+        image=image,
+        video=video,
+        height=args.height,
+        width=args.width,
+        num_frames=args.num_frames,
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        pyramid_steps=tuple(args.pyramid_steps) if args.pyramid_steps else None,
+        guidance_scale=args.guidance_scale,
+        use_zero_init=False if args.no_zero_init else None,
+        zero_steps=args.zero_steps,
+        is_amplify_first_chunk=args.amplify_first_chunk,
+        is_skip_first_chunk=args.skip_first_chunk,
+        image_noise_sigma=tuple(args.image_noise_sigma),
+        video_noise_sigma=tuple(args.video_noise_sigma),
+        prompt_schedule=schedule,
+        interpolation_steps=args.interpolation_steps,
+        max_sequence_length=args.max_sequence_length,
+    )
+
+
+def generate(args) -> None:
+    from .config import TransformerConfig
+    from .loading import check_folder, load_scheduler_config, resolve_device, resolve_dtype
+    from .request import plan
+
+    if args.fps < 1 or args.fps > 240:
+        raise CliError(f"--fps: must be between 1 and 240, got {args.fps}")
+    folder = Path(args.model) if args.model else default_model_dir()
+    try:
+        pipeline = check_folder(folder)
+        scheduler = load_scheduler_config(folder)
+        patch = TransformerConfig.from_json(folder / "transformer" / "config.json").patch_size
+    except CheckpointError as exc:
+        raise CliError(f"--model: {exc}") from None
+    try:
+        device = resolve_device(args.device)
+    except CheckpointError as exc:
+        raise CliError(f"--device: {exc}") from None
+    try:
+        p = plan(_request(args), pipeline, scheduler, patch)
+    except RequestError as exc:
+        raise CliError(f"{option(exc.field)}: {str(exc).split(': ', 1)[1]}") from None
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise CliError(f"--output: folder {out.parent} does not exist")
+    run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents)
+
+
+def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from .pipeline import Helios
+    from .video import Mp4Writer
+
+    helios = Helios.from_pretrained(folder, device=device, dtype=dtype)
+    gen = helios.start(p)
+    bar = tqdm(total=gen.total_steps, unit="step", disable=not sys.stderr.isatty(), file=sys.stderr)
+    kept = [] if gen.prefix_latents is None else [gen.prefix_latents.cpu()]
+    with Mp4Writer(out, p.width, p.height, fps) as writer, torch.no_grad():
+        while not gen.done:
+            gen.begin_chunk()
+            bar.set_description(f"chunk {gen.chunk + 1}/{p.num_chunks}")
+            while not gen.chunk_denoised:
+                gen.step()
+                bar.update()
+            chunk = gen.end_chunk()
+            if latents_path:
+                kept.append(chunk.latents.float().cpu())
+            writer.write(helios.decode(gen, chunk)[0])
+    bar.close()
+    if latents_path:
+        save_file({"latents": torch.cat(kept, dim=2).contiguous()}, latents_path)
+    print(f"wrote {out} ({writer.frames_written} frames, {p.width}x{p.height} at {fps} fps)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "make-tiny":
+            from .tiny import make_tiny
+
+            print(f"wrote {make_tiny(args.folder, args.variant)}")
+        else:
+            generate(args)
+    except CliError as exc:
+        print(f"helios: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

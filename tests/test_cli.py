@@ -1,0 +1,134 @@
+"""The `helios` command: tiny model, streamed mp4, latents file, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helios_backends.cli import main
+from helios_backends.video import Mp4Writer, decode_mp4
+
+from .conftest import HEIGHT, WIDTH, random_image, random_video, relative_error
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("helios-cache")
+
+
+def run_cli(tmp_path, *args, cache=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HELIOS_CACHE": str(cache or tmp_path / "cache")}
+    helios = Path(sys.executable).with_name("helios")
+    return subprocess.run([str(helios), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def cli_error(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_make_tiny_writes_the_released_layout(tmp_path):
+    for variant, cls in (("base", "HeliosPipeline"), ("mid", "HeliosPyramidPipeline"), ("distilled", "HeliosPyramidPipeline")):
+        folder = tmp_path / variant
+        assert main(["make-tiny", str(folder), "--variant", variant]) == 0
+        index = json.loads((folder / "model_index.json").read_text())
+        assert index["_class_name"] == cls
+        for part in ("transformer/diffusion_pytorch_model.safetensors.index.json", "transformer/config.json",
+                     "text_encoder/config.json", "tokenizer/tokenizer.json", "vae/config.json",
+                     "scheduler/scheduler_config.json"):
+            assert (folder / part).is_file(), part
+    assert json.loads((tmp_path / "distilled" / "model_index.json").read_text())["is_distilled"] is True
+    assert json.loads((tmp_path / "mid" / "model_index.json").read_text())["is_cfg_zero_star"] is True
+
+
+def test_generate_with_the_built_in_model_streams_a_decodable_mp4(tmp_path, tiny_cache):
+    result = run_cli(tmp_path, "generate", "--prompt", "a fox in snow", "--height", "64", "--width", "128",
+                     "--num-frames", "66", "--output", "fox.mp4", "--output-latents", "fox.safetensors", cache=tiny_cache)
+    assert result.returncode == 0, result.stderr
+    assert "wrote fox.mp4 (65 frames" in result.stdout
+    assert "step/s" not in result.stderr  # no progress bar when stderr is not a terminal
+    video = decode_mp4(tmp_path / "fox.mp4")
+    assert video.shape == (65, 64, 128, 3)
+    latents = load_file(tmp_path / "fox.safetensors")["latents"]
+    assert latents.shape == (1, 16, 18, 8, 16)
+    assert (tiny_cache / "tiny-distilled-v1" / "model_index.json").is_file()
+
+
+def test_latents_file_equals_diffusers_latent_output(checkpoints, tmp_path):
+    folder, pipe = checkpoints["mid"]
+    out = tmp_path / "lat.safetensors"
+    assert main(["generate", "--model", str(folder), "--prompt", "a lake", "--height", str(HEIGHT), "--width", str(WIDTH),
+                 "--num-frames", "40", "--pyramid-steps", "2", "1", "1", "--seed", "3", "--negative-prompt", "dull",
+                 "--output", str(tmp_path / "lake.mp4"), "--output-latents", str(out)]) == 0
+    with torch.no_grad():
+        ref = pipe(prompt="a lake", negative_prompt="dull", height=HEIGHT, width=WIDTH, num_frames=40,
+                   pyramid_num_inference_steps_list=[2, 1, 1], guidance_scale=5.0, use_zero_init=True, zero_steps=1,
+                   generator=torch.Generator().manual_seed(3), output_type="latent").frames
+    assert relative_error(load_file(out)["latents"], ref) <= 1e-5
+
+
+def test_image_and_video_inputs_are_read_from_files(checkpoints, tmp_path):
+    folder, _ = checkpoints["distilled"]
+    random_image().save(tmp_path / "in.png")
+    with Mp4Writer(tmp_path / "in.mp4", WIDTH, HEIGHT, fps=24) as w:
+        w.write(np.stack([np.asarray(f) for f in random_video(33)]))
+    common = ["--model", str(folder), "--prompt", "a lake", "--height", str(HEIGHT), "--width", str(WIDTH),
+              "--num-frames", "33", "--pyramid-steps", "1", "1", "1"]
+    assert main(["generate", *common, "--image", str(tmp_path / "in.png"), "--output", str(tmp_path / "i2v.mp4")]) == 0
+    assert main(["generate", *common, "--video", str(tmp_path / "in.mp4"), "--output", str(tmp_path / "v2v.mp4")]) == 0
+    assert decode_mp4(tmp_path / "i2v.mp4").shape == decode_mp4(tmp_path / "v2v.mp4").shape == (33, HEIGHT, WIDTH, 3)
+
+
+def test_prompt_schedule_file_drives_interactive_prompts(checkpoints, tmp_path):
+    folder, _ = checkpoints["distilled"]
+    (tmp_path / "schedule.csv").write_text("start_chunk,prompt\n0,a calm lake\n1,a storm over the lake\n")
+    assert main(["generate", "--model", str(folder), "--prompt-schedule", str(tmp_path / "schedule.csv"),
+                 "--height", str(HEIGHT), "--width", str(WIDTH), "--num-frames", "66", "--pyramid-steps", "1", "1", "1",
+                 "--output", str(tmp_path / "lake.mp4")]) == 0
+    assert decode_mp4(tmp_path / "lake.mp4").shape[0] == 65
+
+
+def test_bad_options_give_one_line_naming_the_option(checkpoints, capsys, tmp_path):
+    folder, _ = checkpoints["distilled"]
+    m = ["generate", "--model", str(folder), "--prompt", "x"]
+    assert "--height: must be a multiple of 64" in cli_error(capsys, *m, "--height", "100")
+    assert "--num-frames: must be >= 1" in cli_error(capsys, *m, "--num-frames", "0")
+    assert "--image: task i2v needs an image" in cli_error(capsys, *m, "--task", "i2v")
+    assert "--image: cannot read image" in cli_error(capsys, *m, "--image", str(tmp_path / "missing.png"))
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    assert "--video: cannot read video" in cli_error(capsys, *m, "--video", str(tmp_path / "bad.mp4"))
+    assert "--pyramid-steps: needs 3 values" in cli_error(capsys, *m, "--pyramid-steps", "1", "1")
+    assert "--guidance-scale: must be >= 0.0" in cli_error(capsys, *m, "--guidance-scale", "-2")
+    assert "--model: model folder not found" in cli_error(capsys, "generate", "--model", str(tmp_path / "none"), "--prompt", "x")
+    assert "--image-noise-sigma: needs 0 <= min <= max <= 1" in cli_error(capsys, *m, "--image-noise-sigma", "0.5", "0.1")
+    if not torch.cuda.is_available():
+        assert "--device: device 'cuda': no CUDA GPU is available" in cli_error(capsys, *m, "--device", "cuda")
+    assert "--device: device 'npu'" in cli_error(capsys, *m, "--device", "npu")
+    assert not list(tmp_path.glob("*.mp4.partial"))
+
+
+def test_a_failed_write_leaves_no_mp4_behind(tmp_path):
+    with pytest.raises(RuntimeError):
+        with Mp4Writer(tmp_path / "x.mp4", 64, 64, fps=24) as w:
+            w.write(np.zeros((3, 64, 64, 3), np.uint8))
+            raise RuntimeError("model failed mid-run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_odd_frame_sizes_are_refused_by_the_writer(tmp_path):
+    with pytest.raises(ValueError, match="even frame sizes"):
+        Mp4Writer(tmp_path / "x.mp4", 65, 64, fps=24)
+
+
+def test_console_script_is_installed():
+    assert Path(sys.executable).with_name("helios").is_file()
