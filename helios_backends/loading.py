@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from .config import PipelineConfig, SchedulerConfig, TransformerConfig
 from .errors import CheckpointError
+from .ops import default_ops
 from .transformer import FP32_MODULES, HeliosTransformer
 
 SUPPORTED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,7 +95,7 @@ def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops
     directory = Path(folder) / "transformer"
     config = TransformerConfig.from_json(directory / "config.json")
     with torch.device("meta"):
-        model = HeliosTransformer(config, ops)
+        model = HeliosTransformer(config, ops or default_ops(device))
     expected = dict(model.named_parameters())
     files = weight_files(directory)
 

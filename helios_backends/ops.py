@@ -72,6 +72,10 @@ class TorchOps:
         return out.to(x.dtype)
 
 
-def default_ops(device: torch.device | str) -> TorchOps:
-    """The ops a device gets when the caller names none."""
+def default_ops(device: torch.device | str):
+    """The ops a device gets when the caller names none: torch_npu's kernels on an Ascend NPU."""
+    if torch.device(device).type == "npu":
+        from npu.ops import NpuOps
+
+        return NpuOps()
     return TorchOps()
