@@ -31,6 +31,14 @@ class TorchOps:
 
     name = "torch"
 
+    def shard_tokens(self, x: torch.Tensor, history_len: int) -> tuple[torch.Tensor, int]:
+        """This rank's tokens of a [history, current] sequence and its history count (all of them here)."""
+        return x, history_len
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The current chunk's tokens of every rank (this rank has them all here)."""
+        return x
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)

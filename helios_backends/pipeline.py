@@ -10,6 +10,8 @@ import torch
 
 from .config import PipelineConfig, SchedulerConfig
 from .loading import check_folder, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
+from .ops import default_ops
+from .parallel import ParallelGroups, SequenceParallelOps
 from .request import GenerationRequest, Plan, plan
 from .sampler import Chunk, Generation, rand, randn
 from .text import TextEncoder
@@ -34,7 +36,9 @@ class Helios:
         scheduler: SchedulerConfig,
         text_encoder: TextEncoder | None,
         vae: WanVAE | None,
+        parallel: ParallelGroups | None = None,
     ):
+        self.parallel = parallel
         self.transformer = transformer
         self.pipeline = pipeline
         self.scheduler = scheduler
@@ -49,17 +53,27 @@ class Helios:
         dtype: str | torch.dtype = "float32",
         vae_dtype: str | torch.dtype = "float32",
         ops=None,
+        parallel: ParallelGroups | None = None,
     ) -> "Helios":
-        """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32)."""
+        """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32).
+
+        parallel: this rank's process groups (an engine's, or ParallelGroups.from_world); with a
+        sequence-parallel group the transformer's ops shard tokens and make attention global.
+        """
         folder = Path(folder)
         pipeline = check_folder(folder)
         device = resolve_device(device)
         dtype, vae_dtype = resolve_dtype(dtype), resolve_dtype(vae_dtype)
         scheduler = load_scheduler_config(folder)
+        ops = ops or default_ops(device)
+        if parallel is not None and parallel.sp is not None:
+            ops = SequenceParallelOps(ops, parallel)
         transformer = load_transformer(folder, dtype, device, ops)
+        if parallel is not None:
+            parallel.config.validate(transformer.config.num_attention_heads)
         text_encoder = TextEncoder.load(folder, dtype, device)
         vae = WanVAE.load(folder, vae_dtype, device)
-        return cls(transformer, pipeline, scheduler, text_encoder, vae)
+        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel)
 
     @property
     def device(self) -> torch.device:
@@ -151,7 +165,9 @@ class Helios:
             elif p.task == "v2v":
                 image_latents, history = self._condition_video(p, generator)
                 prefix = history
-        return Generation(p, self.transformer, self.pipeline, self.scheduler, text, negative, generator, image_latents, history, prefix)
+        return Generation(
+            p, self.transformer, self.pipeline, self.scheduler, text, negative, generator, image_latents, history, prefix, self.parallel
+        )
 
     # -- decoding ---------------------------------------------------------------------------------
 

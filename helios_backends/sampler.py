@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import PipelineConfig, SchedulerConfig
+from .errors import RequestError
+from .parallel import ParallelGroups, cfg_branches
 from .request import Plan
 from .schedule import calculate_shift, image_seq_len, renoise_coefficients, single_stage_schedule, stage_layout, stage_schedule
 from .schedulers import make_stepper
@@ -112,13 +114,19 @@ class Generation:
         image_latents: torch.Tensor | None = None,
         history: torch.Tensor | None = None,
         prefix_latents: torch.Tensor | None = None,
+        parallel: ParallelGroups | None = None,
     ):
         """text: (B, S, D) prompt states, or (P, S, D) for an interactive schedule of P prompts.
 
         image_latents: the first-frame prefix (I2V/V2V); history: initial history frames (I2V's fake
         latent, V2V's noised video latents); prefix_latents: the conditioning frames the reference
         pipeline counts as generated before chunk 0 (kept for latent output only).
+        parallel: the caller's process groups; with a cfg group each rank runs one guidance branch.
         """
+        self.cfg_parallel = parallel is not None and parallel.cfg is not None
+        if self.cfg_parallel and not plan.do_cfg:
+            raise RequestError("guidance_scale", f"cfg_parallel needs guidance_scale > 1 (CFG on), got {plan.guidance_scale}")
+        self.parallel = parallel
         self.plan = plan
         self.transformer = transformer
         self.pipeline = pipeline
@@ -231,10 +239,14 @@ class Generation:
             timestep = timestep.to(torch.int64)
         x = self._latents.to(self.dtype)
         rope = self._rope_for(tuple(x.shape[-2:]))
-        cond = self.transformer(x, timestep, self._text.expand(b, -1, -1), self._history, rope)
-        if not self.plan.do_cfg:
-            return cond
-        uncond = self.transformer(x, timestep, self.negative_text.expand(b, -1, -1), self._history, rope)
+        if self.cfg_parallel:
+            text = self._text if self.parallel.cfg_rank == 0 else self.negative_text
+            cond, uncond = cfg_branches(self.transformer(x, timestep, text.expand(b, -1, -1), self._history, rope), self.parallel)
+        else:
+            cond = self.transformer(x, timestep, self._text.expand(b, -1, -1), self._history, rope)
+            if not self.plan.do_cfg:
+                return cond
+            uncond = self.transformer(x, timestep, self.negative_text.expand(b, -1, -1), self._history, rope)
         zero_star = self.pipeline.is_pyramid and self.pipeline.is_cfg_zero_star
         if zero_star and self.plan.use_zero_init and self.stage == 0 and self.step_in_stage <= self.plan.zero_steps:
             return cond * 0.0

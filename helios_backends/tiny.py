@@ -112,7 +112,9 @@ def save_transformer(model: HeliosTransformer, directory: Path, shards: int = 2)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def make_tiny(folder: str | Path, variant: str = "distilled", seed: int = 0) -> Path:
+def make_tiny(
+    folder: str | Path, variant: str = "distilled", seed: int = 0, transformer: TransformerConfig = TINY_TRANSFORMER
+) -> Path:
     """Write a tiny random Helios-{variant} folder and return its path."""
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
@@ -122,7 +124,7 @@ def make_tiny(folder: str | Path, variant: str = "distilled", seed: int = 0) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = HeliosTransformer(TINY_TRANSFORMER)
+    model = HeliosTransformer(transformer)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)

@@ -315,6 +315,10 @@ class HeliosTransformer(nn.Module):
             history_hw = None if history is None else tuple(history.short.shape[-2:])
             rope = self.rope_for(positions, tuple(latents.shape[-2:]), history_hw, x.device)
 
+        # Sequence parallelism: each rank keeps its slice of the history and of the current tokens.
+        x, local_history = self.ops.shard_tokens(x, history_len)
+        rope = Rope(self.ops.shard_tokens(rope.cos, history_len)[0], self.ops.shard_tokens(rope.sin, history_len)[0])
+
         temb, proj = self.condition_embedder.time(timestep, text.dtype)
         modulation = proj.unsqueeze(1)  # (B, 1, 6, D)
         if history_len > 0 and self.config.zero_history_timestep:
@@ -323,12 +327,12 @@ class HeliosTransformer(nn.Module):
         text = self.condition_embedder.text_embedder(text)
 
         for block in self.blocks:
-            x = block(self.ops, x, text, modulation, rope, history_len)
+            x = block(self.ops, x, text, modulation, rope, local_history)
 
-        x = x[:, history_len:]
+        x = x[:, local_history:]
         shift, scale = (self.norm_out.scale_shift_table + temb.unsqueeze(1)).unbind(1)
         x = self.ops.modulated_norm(x, shift.unsqueeze(1), scale.unsqueeze(1), 0, self.config.eps)
-        x = self.proj_out(x)
+        x = self.ops.gather_tokens(self.proj_out(x))
         x = x.reshape(b, frames, gh, gw, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 

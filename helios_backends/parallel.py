@@ -1,0 +1,227 @@
+"""Sequence parallelism (Ulysses, Ring, both) and CFG parallelism, driven by the caller's groups.
+
+Token sharding: every rank of a sequence-parallel group holds an equal slice of the history
+tokens *and* an equal slice of the current chunk's tokens (each component split on its own, as
+the engines had to fix for Helios), so per-token work (modulation, FFN, the current tokens'
+cross-attention) is local and never duplicated. Self-attention is the only mixing step:
+
+- Ulysses all-to-all trades the token split for a head split, attends over the whole sequence
+  for heads/U, and trades back. Attention does not care about key order, so the rank-interleaved
+  order [hist_0, cur_0, hist_1, cur_1, ...] it produces is exact.
+- Ring passes K/V blocks around the ring group and merges the partial results by log-sum-exp.
+- Ulysses x Ring: all-to-all inside each Ulysses group, then the ring across them.
+
+CFG parallel: the conditional and unconditional forwards run on the two ranks of a cfg group and
+are exchanged with one all-gather; every rank then applies the same guidance (CFG-Zero* too).
+
+The groups come from the caller: an engine's process groups, or `ParallelGroups.from_world` when
+run directly under torchrun. The core never creates groups where an engine has them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import RequestError
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    cfg_parallel: bool = False
+
+    @property
+    def sp_degree(self) -> int:
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def world_size(self) -> int:
+        return self.sp_degree * (2 if self.cfg_parallel else 1)
+
+    def validate(self, num_heads: int, world_size: int | None = None) -> None:
+        for name in ("ulysses_degree", "ring_degree"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if num_heads % self.ulysses_degree:
+            raise ValueError(f"ulysses_degree {self.ulysses_degree} must divide the {num_heads} attention heads")
+        if world_size is not None and world_size != self.world_size:
+            raise ValueError(
+                f"ulysses_degree x ring_degree x (2 if cfg_parallel) = {self.world_size} must equal the "
+                f"{world_size} processes"
+            )
+
+
+@dataclass
+class ParallelGroups:
+    """Process groups for one rank. Any of them may be None (that dimension is 1)."""
+
+    config: ParallelConfig
+    ulysses: dist.ProcessGroup | None = None
+    ring: dist.ProcessGroup | None = None
+    sp: dist.ProcessGroup | None = None
+    cfg: dist.ProcessGroup | None = None
+
+    @classmethod
+    def from_world(cls, config: ParallelConfig) -> "ParallelGroups":
+        """Groups over torch.distributed's world: rank = cfg * SP + ring * U + ulysses."""
+        world = dist.get_world_size()
+        if world != config.world_size:
+            raise ValueError(
+                f"ulysses_degree x ring_degree x (2 if cfg_parallel) = {config.world_size} must equal the world size {world}"
+            )
+        rank, u, r, sp = dist.get_rank(), config.ulysses_degree, config.ring_degree, config.sp_degree
+        cfg_n = 2 if config.cfg_parallel else 1
+        mine: dict[str, dist.ProcessGroup] = {}
+        # Every rank creates every group, in the same order, as torch.distributed requires.
+        for c in range(cfg_n):
+            base = c * sp
+            members = list(range(base, base + sp))
+            group = dist.new_group(members)
+            if rank in members:
+                mine["sp"] = group
+            for ring_idx in range(r):
+                members = [base + ring_idx * u + i for i in range(u)]
+                group = dist.new_group(members)
+                if rank in members:
+                    mine["ulysses"] = group
+            for uly_idx in range(u):
+                members = [base + ring_idx * u + uly_idx for ring_idx in range(r)]
+                group = dist.new_group(members)
+                if rank in members:
+                    mine["ring"] = group
+        for s in range(sp):
+            members = [c * sp + s for c in range(cfg_n)]
+            group = dist.new_group(members)
+            if rank in members:
+                mine["cfg"] = group
+        return cls(
+            config,
+            ulysses=mine["ulysses"] if u > 1 else None,
+            ring=mine["ring"] if r > 1 else None,
+            sp=mine["sp"] if sp > 1 else None,
+            cfg=mine["cfg"] if cfg_n > 1 else None,
+        )
+
+    @property
+    def cfg_rank(self) -> int:
+        return 0 if self.cfg is None else dist.get_rank(self.cfg)
+
+
+def _size(group) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def _all_gather(x: torch.Tensor, group) -> list[torch.Tensor]:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return parts
+
+
+def _all_to_all(chunks: list[torch.Tensor], group) -> list[torch.Tensor]:
+    """Send chunks[j] to rank j of `group`; return what each rank sent to us, in rank order."""
+    if dist.get_backend(group) != "gloo":
+        send = torch.stack(chunks).contiguous()
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=group)
+        return list(recv.unbind(0))
+    # gloo has no all-to-all: gather every rank's chunks and keep the ones addressed to us.
+    me = dist.get_rank(group)
+    return [parts[me] for parts in _all_gather(torch.stack(chunks), group)]
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention on [B, S, H, D] and the fp32 log-sum-exp of its scores, (B, H, S)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, False, scale=scale)[:2]
+        return out.transpose(1, 2), lse.float()
+    scores = (qt.float() @ kt.float().transpose(-1, -2)) * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.softmax(scores, dim=-1) @ vt.float()
+    return out.to(q.dtype).transpose(1, 2), lse
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group) -> torch.Tensor:
+    """Local queries against every rank's K/V, the blocks passed once around the ring."""
+    n, me = dist.get_world_size(group), dist.get_rank(group)
+    send_to, recv_from = dist.get_global_rank(group, (me + 1) % n), dist.get_global_rank(group, (me - 1) % n)
+    out = lse = None
+    kv = torch.stack([k, v]).contiguous()
+    for step in range(n):
+        if step < n - 1:
+            incoming = torch.empty_like(kv)
+            ops = [dist.P2POp(dist.isend, kv, send_to, group), dist.P2POp(dist.irecv, incoming, recv_from, group)]
+            requests = dist.batch_isend_irecv(ops)
+        o, l = attention_with_lse(q, kv[0], kv[1])
+        if out is None:
+            out, lse = o.float(), l
+        else:
+            new = torch.logaddexp(lse, l)
+            w_old = torch.exp(lse - new).transpose(1, 2).unsqueeze(-1)
+            w_new = torch.exp(l - new).transpose(1, 2).unsqueeze(-1)
+            out, lse = out * w_old + o.float() * w_new, new
+        if step < n - 1:
+            for request in requests:
+                request.wait()
+            kv = incoming
+    return out.to(q.dtype)
+
+
+class SequenceParallelOps:
+    """Wraps a backend's ops: shards tokens over the SP group and makes attention global."""
+
+    def __init__(self, base, groups: ParallelGroups):
+        self.base = base
+        self.groups = groups
+        self.name = f"{base.name}+sp"
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    @property
+    def degree(self) -> int:
+        return _size(self.groups.sp)
+
+    def _check(self, what: str, n: int) -> None:
+        if n % self.degree:
+            raise RequestError(
+                "size",
+                f"ulysses_degree x ring_degree = {self.degree} must divide the {n} {what} tokens; pick a height/width "
+                f"whose token grid divides evenly at every pyramid stage",
+            )
+
+    def shard_tokens(self, x: torch.Tensor, history_len: int) -> tuple[torch.Tensor, int]:
+        """This rank's slice of the history tokens and of the current tokens."""
+        self._check("history", history_len)
+        self._check("current-chunk", x.shape[1] - history_len)
+        me = dist.get_rank(self.groups.sp)
+        hist, cur = x[:, :history_len], x[:, history_len:]
+        h, c = hist.shape[1] // self.degree, cur.shape[1] // self.degree
+        return torch.cat([hist[:, me * h : (me + 1) * h], cur[:, me * c : (me + 1) * c]], dim=1), h
+
+    def gather_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The current chunk's tokens from every rank, in sequence order."""
+        return torch.cat(_all_gather(x, self.groups.sp), dim=1)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ulysses, ring = self.groups.ulysses, self.groups.ring
+        if ulysses is not None:
+            u = dist.get_world_size(ulysses)
+            q, k, v = (torch.cat(_all_to_all(list(t.chunk(u, dim=2)), ulysses), dim=1) for t in (q, k, v))
+        out = ring_attention(q, k, v, ring) if ring is not None else self.base.attention(q, k, v)
+        if ulysses is not None:
+            out = torch.cat(_all_to_all(list(out.chunk(u, dim=1)), ulysses), dim=2)
+        return out
+
+
+def cfg_branches(cond_or_uncond: torch.Tensor, groups: ParallelGroups) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond) from the two ranks of the cfg group, each having computed its own branch."""
+    cond, uncond = _all_gather(cond_or_uncond, groups.cfg)
+    return cond, uncond
