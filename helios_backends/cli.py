@@ -20,7 +20,11 @@ from pathlib import Path
 
 from .errors import CheckpointError, RequestError
 
-OPTION_NAMES = {"num_inference_steps": "--steps", "prompt_schedule": "--prompt-schedule", "model": "--model"}
+OPTION_NAMES = {
+    "num_inference_steps": "--steps",
+    "size": "--height/--width",
+    "parallel": "--ulysses-degree x --ring-degree x --cfg-parallel (under torchrun)",
+}
 TINY_VERSION = "v1"
 
 
@@ -30,6 +34,11 @@ class CliError(Exception):
 
 def option(field: str) -> str:
     return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def request_error(exc: RequestError) -> CliError:
+    """A core RequestError, reworded with the command-line option it came from."""
+    return CliError(f"{option(exc.field)}: {str(exc).split(': ', 1)[1]}")
 
 
 def default_model_dir() -> Path:
@@ -98,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-schedule", help="CSV 'start_chunk,prompt': interactive prompts")
     g.add_argument("--interpolation-steps", type=int, default=3, help="chunks over which a scheduled prompt blends in")
     g.add_argument("--max-sequence-length", type=int)
-    g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or npu[:N]")
+    g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or npu[:N] (under torchrun: cuda means cuda:LOCAL_RANK)")
+    g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (run under torchrun)")
+    g.add_argument("--ring-degree", type=int, default=1, help="Ring attention sequence parallelism (run under torchrun)")
+    g.add_argument("--cfg-parallel", action="store_true", help="conditional/unconditional branches on two ranks (run under torchrun)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     g.add_argument("--output", default="output.mp4")
     g.add_argument("--output-latents", help="also save every latent frame to this .safetensors file")
@@ -160,21 +172,50 @@ def generate(args) -> None:
         patch = TransformerConfig.from_json(folder / "transformer" / "config.json").patch_size
     except CheckpointError as exc:
         raise CliError(f"--model: {exc}") from None
+    from .parallel import ParallelConfig
+
+    parallel = ParallelConfig(args.ulysses_degree, args.ring_degree, args.cfg_parallel)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        device = resolve_device(args.device)
+        parallel.validate(TransformerConfig.from_json(folder / "transformer" / "config.json").num_attention_heads, world)
+    except RequestError as exc:
+        raise request_error(exc) from None
+    device_name = args.device
+    if world > 1 and device_name == "cuda":
+        device_name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    try:
+        device = resolve_device(device_name)
     except CheckpointError as exc:
         raise CliError(f"--device: {exc}") from None
     try:
         p = plan(_request(args), pipeline, scheduler, patch)
     except RequestError as exc:
-        raise CliError(f"{option(exc.field)}: {str(exc).split(': ', 1)[1]}") from None
+        raise request_error(exc) from None
     out = Path(args.output)
     if not out.parent.is_dir():
         raise CliError(f"--output: folder {out.parent} does not exist")
-    run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents)
+    if parallel.world_size > 1:
+        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel)
+    else:
+        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents)
 
 
-def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None) -> None:
+def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel) -> None:
+    """Under torchrun: every rank denoises its share; rank 0 decodes and writes the files."""
+    import torch.distributed as dist
+
+    from .parallel import ParallelGroups
+
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    try:
+        run(folder, p, device, dtype, out, fps, latents_path, ParallelGroups.from_world(parallel), writer=dist.get_rank() == 0)
+    finally:
+        dist.destroy_process_group()
+
+
+def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None, groups=None, writer: bool = True) -> None:
+    import contextlib
+
     import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -182,25 +223,34 @@ def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str |
     from .pipeline import Helios
     from .video import Mp4Writer
 
-    helios = Helios.from_pretrained(folder, device=device, dtype=dtype)
-    gen = helios.start(p)
-    bar = tqdm(total=gen.total_steps, unit="step", disable=not sys.stderr.isatty(), file=sys.stderr)
+    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups)
+    try:
+        gen = helios.start(p)
+    except RequestError as exc:
+        raise request_error(exc) from None
+    bar = tqdm(total=gen.total_steps, unit="step", disable=not (writer and sys.stderr.isatty()), file=sys.stderr)
     kept = [] if gen.prefix_latents is None else [gen.prefix_latents.cpu()]
-    with Mp4Writer(out, p.width, p.height, fps) as writer, torch.no_grad():
+    mp4 = Mp4Writer(out, p.width, p.height, fps) if writer else contextlib.nullcontext()
+    with mp4, torch.no_grad():
         while not gen.done:
             gen.begin_chunk()
             bar.set_description(f"chunk {gen.chunk + 1}/{p.num_chunks}")
             while not gen.chunk_denoised:
-                gen.step()
+                try:
+                    gen.step()
+                except RequestError as exc:
+                    raise request_error(exc) from None
                 bar.update()
             chunk = gen.end_chunk()
-            if latents_path:
-                kept.append(chunk.latents.float().cpu())
-            writer.write(helios.decode(gen, chunk)[0])
+            if writer:
+                if latents_path:
+                    kept.append(chunk.latents.float().cpu())
+                mp4.write(helios.decode(gen, chunk)[0])
     bar.close()
-    if latents_path:
-        save_file({"latents": torch.cat(kept, dim=2).contiguous()}, latents_path)
-    print(f"wrote {out} ({writer.frames_written} frames, {p.width}x{p.height} at {fps} fps)")
+    if writer:
+        if latents_path:
+            save_file({"latents": torch.cat(kept, dim=2).contiguous()}, latents_path)
+        print(f"wrote {out} ({mp4.frames_written} frames, {p.width}x{p.height} at {fps} fps)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,17 +43,17 @@ class ParallelConfig:
     def world_size(self) -> int:
         return self.sp_degree * (2 if self.cfg_parallel else 1)
 
-    def validate(self, num_heads: int, world_size: int | None = None) -> None:
+    def validate(self, num_heads: int | None = None, world_size: int | None = None) -> None:
         for name in ("ulysses_degree", "ring_degree"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if num_heads % self.ulysses_degree:
-            raise ValueError(f"ulysses_degree {self.ulysses_degree} must divide the {num_heads} attention heads")
+                raise RequestError(name, f"must be an integer >= 1, got {value!r}")
+        if num_heads is not None and num_heads % self.ulysses_degree:
+            raise RequestError("ulysses_degree", f"{self.ulysses_degree} must divide the {num_heads} attention heads")
         if world_size is not None and world_size != self.world_size:
-            raise ValueError(
-                f"ulysses_degree x ring_degree x (2 if cfg_parallel) = {self.world_size} must equal the "
-                f"{world_size} processes"
+            raise RequestError(
+                "parallel",
+                f"ulysses_degree x ring_degree x (2 if cfg_parallel) = {self.world_size} must equal the {world_size} processes",
             )
 
 
@@ -71,10 +71,7 @@ class ParallelGroups:
     def from_world(cls, config: ParallelConfig) -> "ParallelGroups":
         """Groups over torch.distributed's world: rank = cfg * SP + ring * U + ulysses."""
         world = dist.get_world_size()
-        if world != config.world_size:
-            raise ValueError(
-                f"ulysses_degree x ring_degree x (2 if cfg_parallel) = {config.world_size} must equal the world size {world}"
-            )
+        config.validate(world_size=world)
         rank, u, r, sp = dist.get_rank(), config.ulysses_degree, config.ring_degree, config.sp_degree
         cfg_n = 2 if config.cfg_parallel else 1
         mine: dict[str, dist.ProcessGroup] = {}

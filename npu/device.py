@@ -1,10 +1,19 @@
-"""Choosing an Ascend NPU device; torch_npu is imported only here, behind a guard."""
+"""Choosing an Ascend NPU device; torch_npu is imported only here, behind a guard.
+
+torch_npu needs the CANN runtime: where it is absent, importing it raises ImportError, OSError
+(libhccl.so) or RuntimeError, and `importlib.util.find_spec` finding the package proves nothing.
+Every such failure means "no NPU here", so CPU and CUDA machines work as if it did not exist.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from helios_backends.errors import CheckpointError
+
+MISSING = "torch_npu is not installed or cannot load (needs an Ascend CANN stack)"
+
+_configured = False
 
 
 def import_torch_npu():
@@ -16,14 +25,65 @@ def import_torch_npu():
     return torch_npu
 
 
+def configure(torch_npu) -> None:
+    """Apply the process-wide Ascend settings once.
+
+    Internal (private NZ) formats off, as upstream Helios sets it: tensors keep the ND layout the
+    model's reshapes and safetensors loading assume. jit_compile off: npu_rotary_mul's
+    'interleave' mode, which Helios' pair RoPE needs, exists only in that mode.
+    """
+    global _configured
+    if _configured:
+        return
+    torch_npu.npu.config.allow_internal_format = False
+    torch_npu.npu.set_compile_mode(jit_compile=False)
+    _configured = True
+
+
 def npu_device(name: str) -> torch.device:
     """A usable NPU device for "npu" or "npu:N", or a one-line error saying why not."""
-    if import_torch_npu() is None:
-        raise CheckpointError(f"device {name!r}: torch_npu is not installed or cannot load (needs an Ascend CANN stack)")
-    device = torch.device(name)
-    count = torch.npu.device_count()
+    torch_npu = import_torch_npu()
+    if torch_npu is None:
+        raise CheckpointError(f"device {name!r}: {MISSING}")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CheckpointError(f"unknown device {name!r} (accepted: cpu, cuda[:N], npu[:N])") from None
+    count = torch_npu.npu.device_count()
     if count == 0:
         raise CheckpointError(f"device {name!r}: no Ascend NPU is visible")
     if device.index is not None and device.index >= count:
         raise CheckpointError(f"device {name!r}: only {count} NPU(s) present")
+    configure(torch_npu)
     return device
+
+
+def is_ascend_platform() -> bool:
+    """True where torch_npu loads and sees an NPU: the machine an engine's Ascend build runs on."""
+    torch_npu = import_torch_npu()
+    if torch_npu is None:
+        return False
+    try:
+        return bool(torch_npu.npu.is_available())
+    except RuntimeError:
+        return False
+
+
+def ascend_ops(device: torch.device | str | None = None):
+    """NpuOps (which apply the Ascend settings) for a model an engine places on an NPU, else None.
+
+    device: where the engine puts the model ("npu:3", torch.device("npu", 3), "cuda:0"); None
+    lets the platform decide. None back means "not Ascend", so an adapter keeps its own ops
+    (`ops = ascend_ops(device) or my_ops`). Raises CheckpointError when an npu device is named
+    but torch_npu cannot load.
+    """
+    if device is None:
+        if not is_ascend_platform():
+            return None
+    elif str(device).split(":")[0] != "npu":
+        return None
+    if import_torch_npu() is None:
+        raise CheckpointError(f"device {str(device)!r}: {MISSING}")
+    from .ops import NpuOps
+
+    return NpuOps()

@@ -17,6 +17,7 @@ from helios_backends.cli import main
 from helios_backends.video import Mp4Writer, decode_mp4
 
 from .conftest import HEIGHT, WIDTH, random_image, random_video, relative_error
+from .test_parallel import free_port
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,28 @@ def test_odd_frame_sizes_are_refused_by_the_writer(tmp_path):
 
 def test_console_script_is_installed():
     assert Path(sys.executable).with_name("helios").is_file()
+
+
+def test_torchrun_with_ulysses_writes_the_single_process_latents(tmp_path, tiny_cache):
+    """`helios generate` under torchrun (2 gloo ranks): rank 0 writes the files, latents unchanged."""
+    common = ["--prompt", "a fox", "--height", "64", "--width", "128", "--num-frames", "33", "--pyramid-steps", "1", "1", "1"]
+    assert run_cli(tmp_path, "generate", *common, "--output", "one.mp4", "--output-latents", "one.safetensors", cache=tiny_cache).returncode == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    helios = Path(sys.executable).with_name("helios")
+    env = {**os.environ, "HELIOS_CACHE": str(tiny_cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), str(helios), "generate", *common,
+                             "--ring-degree", "2", "--output", "two.mp4", "--output-latents", "two.safetensors"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("wrote two.mp4") == 1
+    one, two = (load_file(tmp_path / f"{n}.safetensors")["latents"] for n in ("one", "two"))
+    assert relative_error(two, one) <= 1e-5
+    assert decode_mp4(tmp_path / "two.mp4").shape == (33, 64, 128, 3)
+
+
+def test_parallel_degrees_without_torchrun_are_refused(capsys, checkpoints):
+    folder, _ = checkpoints["distilled"]
+    err = cli_error(capsys, "generate", "--model", str(folder), "--prompt", "x", "--ulysses-degree", "2")
+    assert "= 2 must equal the 1 processes" in err
+    assert "--ulysses-degree: 3 must divide the 2 attention heads" in cli_error(
+        capsys, "generate", "--model", str(folder), "--prompt", "x", "--ulysses-degree", "3")
