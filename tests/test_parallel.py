@@ -83,12 +83,12 @@ def test_parallel_runs_equal_one_process(world, folders, single_process, tmp_pat
 
 
 def test_ulysses_degree_must_divide_the_heads():
-    with pytest.raises(ValueError, match="ulysses_degree 3 must divide the 4 attention heads"):
+    with pytest.raises(RequestError, match="ulysses_degree: 3 must divide the 4 attention heads"):
         ParallelConfig(ulysses_degree=3).validate(4)
 
 
 def test_degrees_must_multiply_to_the_world_size():
-    with pytest.raises(ValueError, match=r"= 4 must equal the 2 processes"):
+    with pytest.raises(RequestError, match=r"= 4 must equal the 2 processes"):
         ParallelConfig(ulysses_degree=2, cfg_parallel=True).validate(4, world_size=2)
 
 
