@@ -123,6 +123,8 @@ def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops
                 module = model.get_submodule(module_name)
                 module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
                 del tensor
+    if device.type == "cuda":
+        model.fuse_projections()  # fewer, larger GEMMs; CPU keeps the checkpoint's own layout
     return model.eval()
 
 

@@ -49,6 +49,11 @@ class TorchOps:
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         return (y * weight.float()).to(x.dtype)
 
+    def norm_rope(self, x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, rope) -> torch.Tensor:
+        """q/k path: RMSNorm over all heads of (B, L, H*hd), split heads, RoPE when `rope` is given."""
+        y = self.rms_norm(x, weight, eps).unflatten(2, (heads, -1))
+        return y if rope is None else self.rope(y, rope.cos, rope.sin)
+
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
         """fp32 LayerNorm returning x's dtype (norm2, the affine cross-attention norm)."""
         w = None if weight is None else weight.float()
@@ -81,9 +86,15 @@ class TorchOps:
 
 
 def default_ops(device: torch.device | str):
-    """The ops a device gets when the caller names none: torch_npu's kernels on an Ascend NPU."""
-    if torch.device(device).type == "npu":
+    """The ops a device gets when the caller names none: fused Triton kernels on CUDA,
+    torch_npu's kernels on an Ascend NPU, the torch reference elsewhere."""
+    kind = torch.device(device).type
+    if kind == "npu":
         from npu.ops import NpuOps
 
         return NpuOps()
+    if kind == "cuda":
+        from triton_kernels.ops import TritonOps
+
+        return TritonOps()
     return TorchOps()

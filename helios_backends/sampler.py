@@ -135,7 +135,9 @@ class Generation:
         self.device = transformer.device
         self.dtype = transformer.dtype
         self.text = text.to(self.device, self.dtype)
-        self.negative_text = None if negative_text is None else negative_text.to(self.device, self.dtype)
+        with torch.no_grad():
+            self.context = None if plan.prompt_schedule else transformer.encode_text(self.text)
+            self.negative_context = None if negative_text is None else transformer.encode_text(negative_text.to(self.device, self.dtype))
         self.image_latents = image_latents
         self.prefix_latents = prefix_latents
         self.stages = scheduler.stages if pipeline.is_pyramid else 1
@@ -156,6 +158,7 @@ class Generation:
             buffer = torch.cat([buffer[:, :, :keep], history[:, :, -self.window :]], dim=2)
         self.history_buffer = buffer
 
+        self._rope: dict[tuple[int, int], object] = {}  # RoPE per latent size: frame indices are fixed
         self.chunk = -1
         self.steps_done = 0
         self.total_steps = plan.total_steps(scheduler.kind)
@@ -174,6 +177,7 @@ class Generation:
 
     # -- chunk ------------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def begin_chunk(self) -> None:
         if self._latents is not None or self.done:
             raise RuntimeError("begin_chunk: the previous chunk is not finished, or the request is done")
@@ -190,9 +194,11 @@ class Generation:
         self._history = History(short.to(self.dtype), mid.to(self.dtype), long.to(self.dtype))
         if plan.prompt_schedule:
             starts = [s.start_chunk for s in plan.prompt_schedule]
-            self._text = interpolated_prompt(self.text, starts, k, plan.interpolation_steps)
+            self.chunk_text = interpolated_prompt(self.text, starts, k, plan.interpolation_steps)
+            self._context = self.transformer.encode_text(self.chunk_text.expand(b, -1, -1))
         else:
-            self._text = self.text
+            self.chunk_text = self.text
+            self._context = self.context
 
         latents = randn((b, c, plan.chunk_frames, *self.latent_hw), self.generator, self.device)
         h, w = self.latent_hw
@@ -201,7 +207,6 @@ class Generation:
             latents = resize_frames(latents, (h, w), "bilinear") * 2
         self._latents = latents
         self._denoised = False
-        self._rope = {}
         self._begin_stage(0)
 
     def _begin_stage(self, stage: int) -> None:
@@ -240,18 +245,19 @@ class Generation:
         x = self._latents.to(self.dtype)
         rope = self._rope_for(tuple(x.shape[-2:]))
         if self.cfg_parallel:
-            text = self._text if self.parallel.cfg_rank == 0 else self.negative_text
-            cond, uncond = cfg_branches(self.transformer(x, timestep, text.expand(b, -1, -1), self._history, rope), self.parallel)
+            context = self._context if self.parallel.cfg_rank == 0 else self.negative_context
+            cond, uncond = cfg_branches(self.transformer(x, timestep, context, self._history, rope), self.parallel)
         else:
-            cond = self.transformer(x, timestep, self._text.expand(b, -1, -1), self._history, rope)
+            cond = self.transformer(x, timestep, self._context, self._history, rope)
             if not self.plan.do_cfg:
                 return cond
-            uncond = self.transformer(x, timestep, self.negative_text.expand(b, -1, -1), self._history, rope)
+            uncond = self.transformer(x, timestep, self.negative_context, self._history, rope)
         zero_star = self.pipeline.is_pyramid and self.pipeline.is_cfg_zero_star
         if zero_star and self.plan.use_zero_init and self.stage == 0 and self.step_in_stage <= self.plan.zero_steps:
             return cond * 0.0
         return guide(cond, uncond, self.plan.guidance_scale, zero_star)
 
+    @torch.no_grad()
     def step(self) -> None:
         """One denoising step of the current chunk; enters the next pyramid stage when one ends."""
         if self._latents is None or self._denoised:

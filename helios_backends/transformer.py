@@ -57,6 +57,18 @@ class History:
 
 
 @dataclass(frozen=True)
+class TextContext:
+    """Per-request text keys/values of every block's cross-attention, computed once per prompt.
+
+    The text does not change between steps (nor, without a prompt schedule, between chunks), so
+    its projection and the 40 K/V projections are hoisted out of the denoising loop.
+    """
+
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
 class Rope:
     """cos/sin tables (1, L, head_dim/2) for the whole [history, current] sequence."""
 
@@ -166,14 +178,41 @@ class Attention(nn.Module):
         if amplify_history is not None:
             self.history_key_scale = nn.Parameter(torch.ones(heads if amplify_history == "per_head" else 1))
 
-    def forward(self, ops, x, context=None, rope: Rope | None = None, history_len: int = 0):
-        context = x if context is None else context
-        q = ops.rms_norm(self.to_q(x), self.norm_q.weight, self.eps).unflatten(2, (self.heads, -1))
-        k = ops.rms_norm(self.to_k(context), self.norm_k.weight, self.eps).unflatten(2, (self.heads, -1))
-        v = self.to_v(context).unflatten(2, (self.heads, -1))
-        if rope is not None:
-            q = ops.rope(q, rope.cos, rope.sin)
-            k = ops.rope(k, rope.cos, rope.sin)
+    def fuse_projections(self, cross: bool) -> None:
+        """One GEMM for q, k, v (self-attention) or for k, v (cross-attention) instead of three or two."""
+        parts = (self.to_k, self.to_v) if cross else (self.to_q, self.to_k, self.to_v)
+        fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), device=parts[0].weight.device, dtype=parts[0].weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        fused.requires_grad_(False)
+        if cross:
+            self.to_kv = fused
+            del self.to_k, self.to_v
+        else:
+            self.to_qkv = fused
+            del self.to_q, self.to_k, self.to_v
+
+    def context_kv(self, ops, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised keys and values (B, S, H, hd) of a cross-attention context."""
+        if hasattr(self, "to_kv"):
+            k, v = self.to_kv(context).chunk(2, dim=-1)
+        else:
+            k, v = self.to_k(context), self.to_v(context)
+        return ops.norm_rope(k, self.norm_k.weight, self.eps, self.heads, None), v.unflatten(2, (self.heads, -1))
+
+    def forward(self, ops, x, kv=None, rope: Rope | None = None, history_len: int = 0):
+        """Self-attention over x, or cross-attention onto precomputed context keys/values `kv`."""
+        if kv is not None:
+            q, (k, v) = self.to_q(x), kv
+        elif hasattr(self, "to_qkv"):
+            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        q = ops.norm_rope(q, self.norm_q.weight, self.eps, self.heads, rope)
+        if kv is None:
+            k = ops.norm_rope(k, self.norm_k.weight, self.eps, self.heads, rope)
+            v = v.unflatten(2, (self.heads, -1))
         if self.amplify_history is not None and history_len > 0:
             # A learned per-head key scale in (1, 10) makes history tokens easier to attend to.
             scale = (1.0 + torch.sigmoid(self.history_key_scale) * 9.0).view(1, 1, -1, 1)
@@ -219,7 +258,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(dim, config.ffn_dim)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, ops, x, text, modulation, rope: Rope, history_len: int):
+    def forward(self, ops, x, text_kv, modulation, rope: Rope, history_len: int):
         """modulation: (B, R, 6, D) timestep projections; R = 2 gives history tokens their own row."""
         mod = (self.scale_shift_table.unsqueeze(1) + modulation.float()).unbind(2)
         shift, scale, gate, c_shift, c_scale, c_gate = mod
@@ -232,7 +271,7 @@ class Block(nn.Module):
         start = history_len if self.guidance_cross_attn else 0
         cur = x[:, start:]
         normed = cur if self.norm2 is None else ops.layer_norm(cur, self.norm2.weight, self.norm2.bias, self.eps)
-        cur = cur + self.attn2(ops, normed, context=text)
+        cur = cur + self.attn2(ops, normed, kv=text_kv)
         x = torch.cat([x[:, :start], cur], dim=1) if start > 0 else cur
 
         h = ops.modulated_norm(x, c_shift, c_scale, split, self.eps)
@@ -273,6 +312,16 @@ class HeliosTransformer(nn.Module):
         _, ph, pw = self.config.patch_size
         return height // ph, width // pw
 
+    def fuse_projections(self) -> None:
+        for block in self.blocks:
+            block.attn1.fuse_projections(cross=False)
+            block.attn2.fuse_projections(cross=True)
+
+    def encode_text(self, text: torch.Tensor) -> TextContext:
+        """Project the text once for all blocks' cross-attention (see TextContext)."""
+        projected = self.condition_embedder.text_embedder(text)
+        return TextContext(tuple(block.attn2.context_kv(self.ops, projected) for block in self.blocks), text.dtype)
+
     def embed_history(self, history: History) -> torch.Tensor:
         """History tokens in sequence order [long, mid, short]."""
         p = self.config.patch_size
@@ -292,7 +341,8 @@ class HeliosTransformer(nn.Module):
     ) -> torch.Tensor:
         """Predict the flow for one chunk.
 
-        latents (B, C, T, H, W); timestep (B,); text (B, S, text_dim) encoder states;
+        latents (B, C, T, H, W); timestep (B,); text: (B, S, text_dim) encoder states, or their
+        `encode_text` context when the caller reuses it across steps;
         history: the chunk's history views (None for a history-free call, positions then 0..T-1).
         rope: precomputed tables for this sequence (`rope_for`), else built from positions.
         """
@@ -319,15 +369,16 @@ class HeliosTransformer(nn.Module):
         x, local_history = self.ops.shard_tokens(x, history_len)
         rope = Rope(self.ops.shard_tokens(rope.cos, history_len)[0], self.ops.shard_tokens(rope.sin, history_len)[0])
 
-        temb, proj = self.condition_embedder.time(timestep, text.dtype)
+        context = text if isinstance(text, TextContext) else self.encode_text(text)
+        temb, proj = self.condition_embedder.time(timestep, context.dtype)
         modulation = proj.unsqueeze(1)  # (B, 1, 6, D)
         if history_len > 0 and self.config.zero_history_timestep:
-            _, proj0 = self.condition_embedder.time(torch.zeros(1, dtype=timestep.dtype, device=timestep.device), text.dtype)
+            t0 = torch.zeros(1, dtype=timestep.dtype, device=timestep.device)
+            _, proj0 = self.condition_embedder.time(t0, context.dtype)
             modulation = torch.cat([proj0.unsqueeze(1).expand(b, 1, -1, -1), modulation], dim=1)
-        text = self.condition_embedder.text_embedder(text)
 
-        for block in self.blocks:
-            x = block(self.ops, x, text, modulation, rope, local_history)
+        for block, kv in zip(self.blocks, context.kv):
+            x = block(self.ops, x, kv, modulation, rope, local_history)
 
         x = x[:, local_history:]
         shift, scale = (self.norm_out.scale_shift_table + temb.unsqueeze(1)).unbind(1)

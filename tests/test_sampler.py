@@ -91,7 +91,7 @@ def test_interactive_schedule_changes_the_prompt_at_its_chunk(cores):
     texts = []
     while not gen.done:
         gen.begin_chunk()
-        texts.append(gen._text.clone())
+        texts.append(gen.chunk_text.clone())
         while not gen.chunk_denoised:
             gen.step()
         gen.end_chunk()

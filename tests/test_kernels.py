@@ -1,0 +1,77 @@
+"""Fused Triton kernels equal their torch references (run on CPU by the Triton interpreter)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from helios_backends.loading import load_transformer
+from helios_backends.ops import TorchOps
+from helios_backends.pipeline import Helios
+from helios_backends.request import GenerationRequest
+from helios_backends.transformer import Rope
+
+from .conftest import HEIGHT, WIDTH, relative_error
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+    reason="needs a GPU or TRITON_INTERPRET=1 (scripts/test sets it)",
+)
+REF = TorchOps()
+
+
+@pytest.fixture(scope="module")
+def fused():
+    from triton_kernels.ops import TritonOps
+
+    return TritonOps()
+
+
+def tol(dtype):
+    return dict(rtol=0, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,split", [(1, 0), (2, 5), (2, 0)])
+def test_modulated_layernorm_matches_torch(fused, dtype, rows, split):
+    g = torch.Generator().manual_seed(rows + split)
+    x = (torch.randn(2, 12, 96, generator=g) * 3 + 1).to(dtype)
+    shift, scale = torch.randn(2, rows, 96, generator=g), torch.randn(2, rows, 96, generator=g)
+    torch.testing.assert_close(fused.modulated_norm(x, shift, scale, split, 1e-6), REF.modulated_norm(x, shift, scale, split, 1e-6), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,split", [(1, 0), (2, 7)])
+def test_gated_residual_matches_torch(fused, dtype, rows, split):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 12, 80, generator=g).to(dtype), torch.randn(2, 12, 80, generator=g).to(dtype)
+    gate = torch.randn(1, rows, 80, generator=g).expand(2, -1, -1)
+    torch.testing.assert_close(fused.gated_residual(x, y, gate, split), REF.gated_residual(x, y, gate, split), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_rope", [True, False])
+def test_qk_rmsnorm_fused_with_interleaved_rope_matches_torch(fused, dtype, with_rope):
+    g = torch.Generator().manual_seed(4)
+    heads, hd, length = 4, 16, 10
+    x = (torch.randn(2, length, heads * hd, generator=g) * 2).to(dtype)
+    w = torch.randn(heads * hd, generator=g).to(dtype)
+    angles = torch.randn(1, length, hd // 2, generator=g) * 3
+    rope = Rope(angles.cos(), angles.sin()) if with_rope else None
+    got = fused.norm_rope(x, w, 1e-6, heads, rope)
+    assert got.shape == (2, length, heads, hd)
+    torch.testing.assert_close(got, REF.norm_rope(x, w, 1e-6, heads, rope), **tol(dtype))
+
+
+def test_whole_run_on_fused_kernels_equals_the_torch_reference(checkpoints, cores, fused):
+    folder, _ = checkpoints["mid"]
+    reference = cores["mid"]
+    transformer = load_transformer(folder, torch.float32, torch.device("cpu"), fused)
+    transformer.fuse_projections()
+    core = Helios(transformer, reference.pipeline, reference.scheduler, reference.text_encoder, reference.vae)
+    req = GenerationRequest(prompt="a lake", height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(2, 1, 1), seed=2)
+    got = torch.cat([c.latents for c in core.stream(req, decode=False)], 2)
+    want = torch.cat([c.latents for c in reference.stream(req, decode=False)], 2)
+    assert relative_error(got, want) <= 1e-5

@@ -1,0 +1,95 @@
+"""Fused Triton kernels for the transformer's non-matmul work.
+
+Each kernel matches a `helios_backends.ops.TorchOps` method (its reference) and computes in fp32
+whatever the storage dtype. Rows are tokens of a (B, L, D) tensor; a program takes `BLOCK_M`
+rows and the whole feature dim. Modulation tensors are (B, R, D) fp32 with R = 1 or 2 rows: with
+R = 2 token l of a batch uses row (l >= split), the history / current-chunk split of Helios.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _modulated_layernorm(
+    x_ptr, shift_ptr, scale_ptr, out_ptr,
+    n_rows, L, D, split, R, eps,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    col_ok = cols < D
+    mask = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / D
+    diff = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / D + eps)
+    b = rows // L
+    r = tl.where(R == 2, ((rows % L) >= split).to(tl.int32), 0)
+    mod = (b * R + r)[:, None] * D + cols[None, :]
+    shift = tl.load(shift_ptr + mod, mask=mask, other=0.0)
+    scale = tl.load(scale_ptr + mod, mask=mask, other=0.0)
+    y = diff * rstd[:, None] * (1.0 + scale) + shift
+    tl.store(out_ptr + rows[:, None] * D + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_residual(
+    x_ptr, y_ptr, gate_ptr, out_ptr,
+    n_rows, L, D, split, R,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows < n_rows)[:, None] & (cols < D)[None, :]
+    offs = rows[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = rows // L
+    r = tl.where(R == 2, ((rows % L) >= split).to(tl.int32), 0)
+    gate = tl.load(gate_ptr + (b * R + r)[:, None] * D + cols[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + offs, (x + y * gate).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rmsnorm_rope(
+    x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
+    n_rows, L, D, half_head, eps,
+    HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """RMSNorm over all heads of a q or k row, then RoPE on each head's interleaved pairs.
+
+    Pair p of the row is (x[2p], x[2p+1]); its angle is that of pair p % (head_dim/2) of the
+    token's position (cos/sin tables are (L, head_dim/2), shared by the batch and the heads).
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.arange(0, BLOCK_P)
+    mask = (rows < n_rows)[:, None] & (pairs < D // 2)[None, :]
+    even = rows[:, None] * D + 2 * pairs[None, :]
+    xe = tl.load(x_ptr + even, mask=mask, other=0.0).to(tl.float32)
+    xo = tl.load(x_ptr + even + 1, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt((tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1)) / D + eps)
+    pcols = 2 * pairs
+    we = tl.load(w_ptr + pcols, mask=pairs < D // 2, other=0.0).to(tl.float32)
+    wo = tl.load(w_ptr + pcols + 1, mask=pairs < D // 2, other=0.0).to(tl.float32)
+    xe = xe * rstd[:, None] * we[None, :]
+    xo = xo * rstd[:, None] * wo[None, :]
+    if HAS_ROPE:
+        angle = (rows % L)[:, None] * half_head + (pairs % half_head)[None, :]
+        c = tl.load(cos_ptr + angle, mask=mask, other=1.0)
+        s = tl.load(sin_ptr + angle, mask=mask, other=0.0)
+        ye = xe * c - xo * s
+        yo = xe * s + xo * c
+    else:
+        ye = xe
+        yo = xo
+    tl.store(out_ptr + even, ye.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + even + 1, yo.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def block_rows(width: int) -> int:
+    """Rows per program so a tile holds about 4096 elements (at least one row)."""
+    return max(1, 4096 // triton.next_power_of_2(width))

@@ -1,0 +1,77 @@
+"""`TritonOps`: the core's ops on fused Triton kernels, falling back to torch off the GPU.
+
+The kernels run where Triton can launch them: CUDA tensors, or any tensor under the Triton
+interpreter (TRITON_INTERPRET=1, how the CPU tests run them). Anything else goes to the torch
+reference, so the same ops object works on every device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from helios_backends.ops import TorchOps
+
+from .kernels import _gated_residual, _modulated_layernorm, _rmsnorm_rope, block_rows
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _launchable(*tensors: torch.Tensor) -> bool:
+    return all(t.is_cuda or INTERPRETED for t in tensors)
+
+
+def _rows_layout(x: torch.Tensor, mod: torch.Tensor, split: int):
+    """(rows, L, D, split, R) and the contiguous fp32 modulation for a (B, L, D) tensor."""
+    b, length, d = x.shape
+    mod = mod.float().expand(b, -1, -1).contiguous()
+    return b * length, length, d, split if mod.shape[1] == 2 else 0, mod.shape[1], mod
+
+
+class TritonOps(TorchOps):
+    name = "triton"
+
+    def modulated_norm(self, x, shift, scale, split, eps):
+        if not _launchable(x):
+            return super().modulated_norm(x, shift, scale, split, eps)
+        x = x.contiguous()
+        n, length, d, split, r, shift = _rows_layout(x, shift, split)
+        scale = scale.float().expand(x.shape[0], -1, -1).contiguous()
+        out = torch.empty_like(x)
+        bm = block_rows(d)
+        _modulated_layernorm[(triton.cdiv(n, bm),)](
+            x, shift, scale, out, n, length, d, split, r, eps, BLOCK_M=bm, BLOCK_D=triton.next_power_of_2(d)
+        )
+        return out
+
+    def gated_residual(self, x, y, gate, split):
+        if not _launchable(x, y):
+            return super().gated_residual(x, y, gate, split)
+        x, y = x.contiguous(), y.contiguous()
+        n, length, d, split, r, gate = _rows_layout(x, gate, split)
+        out = torch.empty_like(x)
+        bm = block_rows(d)
+        _gated_residual[(triton.cdiv(n, bm),)](x, y, gate, out, n, length, d, split, r, BLOCK_M=bm, BLOCK_D=triton.next_power_of_2(d))
+        return out
+
+    def norm_rope(self, x, weight, eps, heads, rope):
+        """Fused q/k RMSNorm (over all heads) + interleaved RoPE: (B, L, H*hd) -> (B, L, H, hd)."""
+        tables_ok = rope is None or (rope.cos.shape[0] == 1 and _launchable(rope.cos))
+        if not (_launchable(x) and tables_ok):
+            return super().norm_rope(x, weight, eps, heads, rope)
+        x = x.contiguous()
+        b, length, d = x.shape
+        out = torch.empty_like(x)
+        half_head = d // heads // 2
+        cos = sin = x  # unused when HAS_ROPE is False
+        if rope is not None:
+            cos, sin = rope.cos[0].float().contiguous(), rope.sin[0].float().contiguous()
+        bp = triton.next_power_of_2(d // 2)
+        bm = block_rows(d // 2)
+        _rmsnorm_rope[(triton.cdiv(b * length, bm),)](
+            x, weight.contiguous(), cos, sin, out, b * length, length, d, half_head, eps,
+            HAS_ROPE=rope is not None, BLOCK_M=bm, BLOCK_P=bp,
+        )
+        return out.unflatten(2, (heads, -1))
