@@ -37,9 +37,16 @@ class Helios:
         text_encoder: TextEncoder | None,
         vae: WanVAE | None,
         parallel: ParallelGroups | None = None,
+        cuda_graphs: bool = False,
     ):
         self.parallel = parallel
         self.transformer = transformer
+        # The sampler calls the denoiser; on CUDA it replays captured graphs of the transformer.
+        self.denoiser = transformer
+        if cuda_graphs and transformer.device.type == "cuda" and parallel is None:
+            from .graphs import GraphedTransformer
+
+            self.denoiser = GraphedTransformer(transformer)
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.text_encoder = text_encoder
@@ -54,11 +61,13 @@ class Helios:
         vae_dtype: str | torch.dtype = "float32",
         ops=None,
         parallel: ParallelGroups | None = None,
+        cuda_graphs: bool = True,
     ) -> "Helios":
         """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32).
 
         parallel: this rank's process groups (an engine's, or ParallelGroups.from_world); with a
         sequence-parallel group the transformer's ops shard tokens and make attention global.
+        cuda_graphs: on CUDA, replay the transformer and VAE decode from captured graphs.
         """
         folder = Path(folder)
         pipeline = check_folder(folder)
@@ -72,8 +81,8 @@ class Helios:
         if parallel is not None:
             parallel.config.validate(transformer.config.num_attention_heads)
         text_encoder = TextEncoder.load(folder, dtype, device)
-        vae = WanVAE.load(folder, vae_dtype, device)
-        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel)
+        vae = WanVAE.load(folder, vae_dtype, device, cuda_graphs)
+        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs)
 
     @property
     def device(self) -> torch.device:
@@ -166,7 +175,7 @@ class Helios:
                 image_latents, history = self._condition_video(p, generator)
                 prefix = history
         return Generation(
-            p, self.transformer, self.pipeline, self.scheduler, text, negative, generator, image_latents, history, prefix, self.parallel
+            p, self.denoiser, self.pipeline, self.scheduler, text, negative, generator, image_latents, history, prefix, self.parallel
         )
 
     # -- decoding ---------------------------------------------------------------------------------

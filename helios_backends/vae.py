@@ -12,8 +12,13 @@ class WanVAE:
     temporal_factor = 4
     spatial_factor = 8
 
-    def __init__(self, model: AutoencoderKLWan):
+    def __init__(self, model: AutoencoderKLWan, cuda_graphs: bool = False):
         self.model = model
+        self._decode = self._eager_decode
+        if cuda_graphs and model.device.type == "cuda":
+            from .graphs import GraphedDecoder
+
+            self._decode = GraphedDecoder(self._eager_decode)
         cfg = model.config
         self.mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(model.device, model.dtype)
         self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(model.device, model.dtype)
@@ -21,9 +26,9 @@ class WanVAE:
         self.spatial_factor = cfg.scale_factor_spatial
 
     @classmethod
-    def load(cls, folder: Path, dtype: torch.dtype, device: torch.device) -> "WanVAE":
+    def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, cuda_graphs: bool = False) -> "WanVAE":
         model = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
-        return cls(model.eval().requires_grad_(False))
+        return cls(model.eval().requires_grad_(False), cuda_graphs)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -44,6 +49,9 @@ class WanVAE:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, 16, t, h, w) -> video (B, 3, T, H, W) in [-1, 1]."""
         latents = latents.to(device=self.device, dtype=self.dtype) / self.inv_std + self.mean
+        return self._decode(latents)
+
+    def _eager_decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model.decode(latents, return_dict=False)[0]
 
 
