@@ -1,0 +1,48 @@
+"""The offline path, `Omni(model=<tiny folder>).generate(...)`, in request mode and in step mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helios_backends.request import GenerationRequest
+
+from .conftest import HEIGHT, WIDTH, core_frames
+
+SCRIPT = Path(__file__).with_name("offline_generate.py")
+
+
+def offline(folder: Path, tmp_path: Path, engine_args: dict, requests: list[dict]) -> list[np.ndarray]:
+    out = tmp_path / "out.npz"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(folder), str(out), json.dumps(engine_args), json.dumps(requests)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with np.load(out) as data:
+        return [data[f"out{i}"] for i in range(len(requests))]
+
+
+def core_latents(helios, **fields) -> np.ndarray:
+    return torch.cat([chunk.latents.float() for chunk in helios.stream(GenerationRequest(**fields), decode=False)], dim=2).numpy()
+
+
+def test_offline_base_request_mode_equals_the_core_frames_and_latents(tiny_folders, core, tmp_path):
+    fields = dict(prompt="a cat", height=HEIGHT, width=WIDTH, num_frames=66, seed=9, num_inference_steps=2, guidance_scale=3.0)
+    sampling = {k: v for k, v in fields.items()}
+    frames, latents = offline(tiny_folders["base"], tmp_path, {}, [sampling, {**sampling, "extra_args": {"output_type": "latent"}}])
+    assert frames.dtype == np.uint8 and frames.shape == (1, 65, HEIGHT, WIDTH, 3)
+    assert np.array_equal(frames[0], core_frames(core["base"], **fields))
+    assert np.array_equal(latents, core_latents(core["base"], **fields))
+
+
+def test_offline_step_mode_equals_the_core(tiny_folders, core, tmp_path):
+    fields = dict(prompt="a cat", height=HEIGHT, width=WIDTH, num_frames=66, seed=9)
+    sampling = {**fields, "extra_args": {"pyramid_steps": [1, 2, 1], "zero_steps": 0}}
+    (frames,) = offline(tiny_folders["distilled"], tmp_path, {"step_execution": True}, [sampling])
+    assert np.array_equal(frames[0], core_frames(core["distilled"], **fields, pyramid_steps=(1, 2, 1), zero_steps=0))

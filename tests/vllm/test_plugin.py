@@ -1,0 +1,49 @@
+"""The plugin's registration with vLLM-Omni, in this process (no server)."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+from vllm_omni.diffusion.data import DiffusionParallelConfig
+from vllm_omni.diffusion.model_metadata import get_diffusion_model_metadata
+from vllm_omni.diffusion.registry import DiffusionModelRegistry
+from vllm_omni.model_extras.registry import get_extra_body_params
+
+import vllm_plugin
+from vllm_plugin.pipeline import HeliosCorePipeline, core_parallel_settings
+from vllm_plugin.requests import HELIOS_EXTRA_PARAMS
+
+
+def test_entry_points_name_the_plugin_and_the_cpu_platform():
+    general = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    platforms = {ep.name: ep.value for ep in entry_points(group="vllm_omni.platform_plugins")}
+    assert general["helios_backends"] == "vllm_plugin:register"
+    assert platforms["helios_backends_cpu"] == "vllm_plugin.platform:activate"
+
+
+@pytest.mark.parametrize("arch", vllm_plugin.ARCHITECTURES)
+def test_registering_twice_serves_both_archs_with_our_pipeline_as_video(arch):
+    vllm_plugin.register()
+    vllm_plugin.register()
+    assert DiffusionModelRegistry._try_load_model_cls(arch) is HeliosCorePipeline
+    assert get_diffusion_model_metadata(arch).final_output_type == "video"
+    assert get_extra_body_params(arch) == HELIOS_EXTRA_PARAMS
+    for option in ("task", "image", "video", "pyramid_steps", "use_zero_init", "zero_steps", "is_amplify_first_chunk",
+                   "is_skip_first_chunk", "history_sizes", "prompt_schedule"):
+        assert option in HELIOS_EXTRA_PARAMS
+
+
+def test_cpu_platform_activates_only_on_vllms_cpu_platform():
+    from vllm.platforms import current_platform
+
+    from vllm_plugin.platform import QUALNAME, activate
+
+    assert activate() == (QUALNAME if current_platform.is_cpu() else None)
+
+
+@pytest.mark.parametrize("degree", ["ulysses_degree", "ring_degree", "cfg_parallel_size", "tensor_parallel_size"])
+def test_a_parallel_degree_the_core_lacks_is_refused_naming_the_setting(degree):
+    assert core_parallel_settings(DiffusionParallelConfig())[degree] == 1
+    with pytest.raises(ValueError, match=degree):
+        core_parallel_settings(DiffusionParallelConfig(**{degree: 2}))

@@ -1,0 +1,282 @@
+"""The vLLM-Omni pipeline for Helios checkpoints: vLLM-Omni's pipeline contract driving our core.
+
+vLLM-Omni builds this class from its `OmniDiffusionConfig`, asks it to run requests, and turns
+what it returns into videos. Everything Helios-specific (loading, validation, sampling, decoding)
+is the core's; this file translates requests and results and maps the engine's step-wise
+execution (used by `--diffusion-streaming-output`) onto the core's `Generation` state machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from vllm_omni.diffusion.cancellation import check_request_cancellation
+from vllm_omni.diffusion.data import DiffusionOutput, OmniDiffusionConfig
+from vllm_omni.diffusion.distributed.utils import get_local_device
+from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
+from vllm_omni.errors import OmniClientError
+
+from helios_backends.config import TransformerConfig
+from helios_backends.errors import RequestError
+from helios_backends.loading import check_folder, load_scheduler_config
+from helios_backends.pipeline import Helios
+from helios_backends.request import plan
+from helios_backends.sampler import Generation
+
+from .requests import MAX_VIDEO_FRAMES, to_generation_request
+
+# vLLM-Omni parallel setting -> the flag that sets it, for start-up errors.
+PARALLEL_SETTINGS = {
+    "ulysses_degree": "--ulysses-degree / --usp",
+    "ring_degree": "--ring-degree",
+    "cfg_parallel_size": "--cfg-parallel-size",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "pipeline_parallel_size": "--pipeline-parallel-size",
+    "data_parallel_size": "--data-parallel-size",
+    "allgather_degree": "--allgather-degree",
+    "vae_patch_parallel_size": "--vae-patch-parallel-size",
+    "text_encoder_tp_size": "--text-encoder-tp-size",
+}
+
+
+def core_parallel_settings(parallel_config) -> dict[str, int]:
+    """The parallel degrees to hand the core, or a start-up error naming the setting it cannot honour.
+
+    The core's parallel hooks (`helios_backends.parallel`) are not available to adapters yet, so
+    every degree must be 1; when they are, this is the one place that passes the ulysses, ring
+    and cfg-parallel degrees (and the engine's process groups) through.
+    """
+    degrees = {name: int(getattr(parallel_config, name, 1) or 1) for name in PARALLEL_SETTINGS}
+    for name, degree in degrees.items():
+        if degree > 1:
+            raise ValueError(
+                f"{name}={degree} ({PARALLEL_SETTINGS[name]}): the Helios core runs on one device for now; "
+                "accepted: 1"
+            )
+    if getattr(parallel_config, "use_hsdp", False):
+        raise ValueError("use_hsdp=True (--use-hsdp): the Helios core does not shard its weights; accepted: off")
+    return degrees
+
+
+def client_error(exc: RequestError) -> OmniClientError:
+    """A core request error as the 4xx that vLLM-Omni returns to the client."""
+    return OmniClientError(f"Helios request: {exc}")
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """The core is written for torch's float32 default; the engine loads models under its --dtype default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def get_pre_process_func(od_config: OmniDiffusionConfig):
+    """Validate requests in the engine process before they are queued, against the checkpoint's configs.
+
+    A bad request is refused with a 4xx naming the field without reaching the model worker. In
+    step mode the engine's step scheduler sizes a request by `sampling_params.timesteps`; the
+    schedule itself is the core's, so the planned step indices are recorded there.
+    """
+    folder = Path(od_config.model)
+    pipeline_cfg = check_folder(folder)
+    scheduler_cfg = load_scheduler_config(folder)
+    patch_size = TransformerConfig.from_json(folder / "transformer" / "config.json").patch_size
+
+    def pre_process(request):
+        sampling = request.sampling_params
+        try:
+            for name in ("timesteps", "sigmas"):
+                if getattr(sampling, name) is not None:
+                    raise RequestError(name, "custom schedules are not accepted; Helios' schedule comes from its scheduler config")
+            core_request, _ = to_generation_request(request.prompt, sampling)
+            planned = plan(core_request, pipeline_cfg, scheduler_cfg, patch_size)
+        except RequestError as exc:
+            raise client_error(exc) from None
+        if od_config.step_execution or od_config.streaming_output:
+            sampling.timesteps = torch.arange(planned.total_steps(scheduler_cfg.kind))
+        return request
+
+    return pre_process
+
+
+def get_post_process_func(od_config: OmniDiffusionConfig):
+    """Frames leave the worker as a (B, T, H, W, 3) uint8 tensor; the encoders take numpy; latents stay tensors."""
+
+    def post_process(output):
+        if isinstance(output, torch.Tensor) and output.dtype == torch.uint8:
+            return output.numpy()
+        return output
+
+    return post_process
+
+
+class _Run:
+    """One request in flight: the core's Generation plus what the engine adds (deadline, collected output)."""
+
+    def __init__(self, helios: Helios, gen: Generation, output_type: str, timeout_s: float | None):
+        self.helios = helios
+        self.gen = gen
+        self.latent_output = output_type == "latent"
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self.collected: list[torch.Tensor] = []
+        if self.latent_output and gen.prefix_latents is not None:
+            self.collected.append(gen.prefix_latents.float().cpu())
+
+    def chunk_steps(self, chunk: int) -> int:
+        return sum(self.gen.plan.chunk_steps(chunk, self.gen.scheduler.kind))
+
+    def step(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise OmniClientError(
+                f"Helios request: timeout_s: still running after {self.timeout_s:g} s "
+                f"({self.gen.steps_done} of {self.gen.total_steps} steps done)",
+                status_code=408,
+            )
+        self.gen.step()
+
+    def finish_chunk(self) -> torch.Tensor:
+        """End the denoised chunk; its frames (B, T, H, W, 3) uint8, or its latents for output_type latent."""
+        chunk = self.gen.end_chunk()
+        if self.latent_output:
+            return chunk.latents.float().cpu()
+        return self.helios.decode(self.gen, chunk)
+
+    def video(self) -> torch.Tensor:
+        return torch.cat(self.collected, dim=2 if self.latent_output else 1)
+
+
+class HeliosCorePipeline(nn.Module):
+    """vLLM-Omni pipeline for the `HeliosPipeline` / `HeliosPyramidPipeline` architectures.
+
+    Request mode (`forward`) runs a whole request; step mode (`prepare_encode`, `denoise_step`,
+    `step_scheduler`, `post_decode`) lets the engine interleave requests step by step and, with
+    `--diffusion-streaming-output`, hand out every chunk as soon as the core has decoded it.
+    """
+
+    supports_step_execution: ClassVar[bool] = True
+    supports_request_cancellation: ClassVar[bool] = True
+    # No start-up warm-up: the core compiles nothing, and the engine's fixed 512x512 warm-up
+    # request would cost a whole chunk (75 s for the tiny model on 2 CPU cores).
+    dummy_run_num_frames: ClassVar[int] = 0
+    _dit_modules: ClassVar[list[str]] = ["transformer"]
+    _encoder_modules: ClassVar[list[str]] = ["text_encoder"]
+    _vae_modules: ClassVar[list[str]] = ["vae"]
+
+    def __init__(self, *, od_config: OmniDiffusionConfig, prefix: str = ""):
+        super().__init__()
+        self.od_config = od_config
+        core_parallel_settings(od_config.parallel_config)  # refuses, at start-up, what the core cannot run
+        self.streaming = bool(od_config.streaming_output)
+        with default_dtype(torch.float32):
+            self.helios = Helios.from_pretrained(od_config.model, device=get_local_device(), dtype=od_config.dtype)
+        # Registered as submodules so the engine's memory accounting, offload and compile find them.
+        self.transformer = self.helios.transformer
+        self.text_encoder = self.helios.text_encoder.encoder
+        self.vae = self.helios.vae.model
+
+    @classmethod
+    def reference_video_decode_spec(cls, *, num_frames: int | None, extra_args: dict) -> ReferenceVideoDecodeSpec:
+        """Hand V2V the whole uploaded video, as the core's CLI does: its first frame anchors the
+        video and its end-aligned chunks feed the history; the engine's default would keep only
+        the first num_frames."""
+        return ReferenceVideoDecodeSpec(max_frames=MAX_VIDEO_FRAMES, keep="first")
+
+    def load_weights(self, weights) -> None:
+        """Weights were read by the core's loader when the pipeline was built; the engine sends none.
+
+        Returning None tells the engine there is no per-tensor bookkeeping to check.
+        """
+        for _ in weights:
+            raise RuntimeError("HeliosCorePipeline loads its checkpoint itself; it takes no engine weights")
+        return None
+
+    # -- request mode -----------------------------------------------------------------------------
+
+    def _start(self, prompt, sampling) -> _Run:
+        try:
+            request, adapter = to_generation_request(prompt, sampling)
+            gen = self.helios.start(request)
+        except RequestError as exc:
+            raise client_error(exc) from None
+        return _Run(self.helios, gen, adapter.get("output_type", "frames"), adapter.get("timeout_s"))
+
+    def forward(self, req) -> DiffusionOutput:
+        if len(req.requests) != 1:
+            raise ValueError(f"Helios runs one request at a time, got a batch of {len(req.requests)}")
+        request = req.requests[0]
+        run = self._start(request.prompt, request.sampling_params)
+        gen = run.gen
+        while not gen.done:
+            gen.begin_chunk()
+            while not gen.chunk_denoised:
+                check_request_cancellation()
+                run.step()
+            run.collected.append(run.finish_chunk())
+        return DiffusionOutput(output=run.video())
+
+    # -- step mode --------------------------------------------------------------------------------
+    # The engine's runner batches `state.latents` and `state.timesteps` rows across requests and
+    # counts steps with `step_index` / `step_in_chunk`. The core owns the real latents and
+    # schedule, so a state carries one placeholder row per video and the step indices of its
+    # current chunk (streaming) or of the whole request, which is all the runner reads.
+
+    def _set_step_window(self, state, run: _Run) -> None:
+        steps = run.chunk_steps(run.gen.chunk) if self.streaming else run.gen.total_steps
+        state.timesteps = torch.arange(steps)
+        state.chunk_num_steps = steps if self.streaming else None
+        state.step_index = 0
+        state.step_in_chunk = 0
+
+    def prepare_encode(self, state, **kwargs: Any):
+        run = self._start(state.prompt, state.sampling)
+        run.gen.begin_chunk()
+        state.extra["helios"] = run
+        state.total_chunks = run.gen.plan.num_chunks
+        state.chunk_index = 0
+        state.do_true_cfg = False  # the core applies CFG itself; the runner must not batch it
+        state.latents = torch.zeros(run.gen.plan.batch_size, 1)
+        self._set_step_window(state, run)
+        return state
+
+    def denoise_step(self, input_batch, *, states: Sequence | None = None, **kwargs: Any) -> None:
+        """No batched forward: each request's step runs in `step_scheduler`, so a failure stays that request's."""
+        return None
+
+    def step_scheduler(self, state, noise_pred, **kwargs: Any) -> None:
+        run: _Run = state.extra["helios"]
+        run.step()
+        state.step_index += 1
+        state.step_in_chunk += 1
+        gen = run.gen
+        if not self.streaming and gen.chunk_denoised and gen.chunk < gen.plan.num_chunks - 1:
+            run.collected.append(run.finish_chunk())
+            gen.begin_chunk()
+
+    def post_decode(self, state, **kwargs: Any) -> DiffusionOutput:
+        run: _Run = state.extra["helios"]
+        index = run.gen.chunk
+        output = run.finish_chunk()
+        state.chunk_index = index + 1
+        if not self.streaming:
+            run.collected.append(output)
+            return DiffusionOutput(output=run.video())
+        if not run.gen.done:
+            run.gen.begin_chunk()
+            self._set_step_window(state, run)
+        return DiffusionOutput(
+            output=output,
+            chunk_index=index,
+            total_chunks=state.total_chunks,
+            finished=run.gen.done,
+        )
