@@ -1,0 +1,132 @@
+"""Helios pipeline config and sampling parameters for SGLang-Diffusion.
+
+One pair serves Base, Mid and Distilled: the variants differ only in sampling defaults, which
+the core reads from the checkpoint folder (see request_mapping.py). The class names contain
+"Helios" because SGLang keys sequence sharding on that name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sglang.multimodal_gen.configs.pipeline_configs.base import PipelineConfig
+from sglang.multimodal_gen.configs.pipeline_configs.model_deployment_config import ModelDeploymentConfig
+from sglang.multimodal_gen.configs.sample.sampling_params import SamplingParams
+from sglang.multimodal_gen.configs.task_type import ModelTaskType
+
+from helios_backends.config import VARIANT_DEFAULTS
+from helios_backends.errors import RequestError
+
+from .parallel import check_parallel_settings
+from .request_mapping import HELIOS_FIELDS, explicit_fields_of, plan_for_folder, to_generation_request
+
+_DEFAULTS = VARIANT_DEFAULTS["base"]
+
+
+@dataclass
+class HeliosCoreConfig(PipelineConfig):
+    """Server-level settings; the model itself is described by its folder's json files.
+
+    SGLang's task_type stays T2V: I2V and V2V are chosen per request by `task` or by an
+    `image` / `video` in the request body, which SGLang's path-based image handling never sees.
+    """
+
+    task_type: ModelTaskType = ModelTaskType.T2V
+    supported_task_types: ClassVar[tuple[ModelTaskType, ...]] = (ModelTaskType.T2V,)
+    dit_precision: str = "bf16"
+    vae_precision: str = "fp32"
+    vae_tiling: bool = False
+    vae_sp: bool = False
+
+    def get_model_deployment_config(self) -> ModelDeploymentConfig:
+        # Keeps SGLang from turning CFG parallel on by itself on multi-GPU machines.
+        return ModelDeploymentConfig(auto_enable_cfg_parallel=False)
+
+    def validate_server_args(self, server_args: Any) -> None:
+        check_parallel_settings(server_args)
+
+    def resolve_task_type(self, requested=None, *, data_type=None, has_image=False, has_video=False):
+        if requested is not None and ModelTaskType.parse(requested) in (ModelTaskType.I2V, ModelTaskType.V2V):
+            raise RequestError(
+                "task_type",
+                "Helios takes the task as `task` (t2v, i2v or v2v) with the image or video in the request "
+                "body as base64 `image` / `video`",
+            )
+        return super().resolve_task_type(requested, data_type=data_type, has_image=has_image, has_video=has_video)
+
+
+@dataclass
+class HeliosCoreSamplingParams(SamplingParams):
+    """Every GenerationRequest option of the core; None = the checkpoint variant's default.
+
+    image / video: base64 (or data: URL) PNG/JPEG/WebP image and mp4/webm video.
+    pyramid_steps: steps per pyramid stage (Mid/Distilled); history_sizes: (long, mid, short);
+    image_noise_sigma / video_noise_sigma: (min, max); prompt_schedule: interactive prompts as
+    [{"start_chunk": 0, "prompt": "..."}, ...].
+    """
+
+    height: int | None = _DEFAULTS.height
+    width: int | None = _DEFAULTS.width
+    num_frames: int = _DEFAULTS.num_frames
+    fps: int = _DEFAULTS.fps
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    # Helios' training resolution; SGLang's warm-up renders it and warns about other sizes.
+    supported_resolutions: list[tuple[int, int]] | None = field(
+        default_factory=lambda: [(_DEFAULTS.width, _DEFAULTS.height)], metadata={"batch_sig_exclude": True}
+    )
+
+    task: str | None = None
+    image: str | None = None
+    video: str | None = None
+    pyramid_steps: list[int] | None = None
+    use_zero_init: bool | None = None
+    zero_steps: int | None = None
+    is_amplify_first_chunk: bool | None = None
+    is_skip_first_chunk: bool | None = None
+    keep_first_frame: bool | None = None
+    history_sizes: list[int] | None = None
+    num_latent_frames_per_chunk: int | None = None
+    image_noise_sigma: list[float] | None = None
+    video_noise_sigma: list[float] | None = None
+    add_noise_to_image_latents: bool | None = None
+    add_noise_to_video_latents: bool | None = None
+    prompt_schedule: list[Any] | None = None
+    interpolation_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, body_field in (("image_path", "image"), ("video_path", "video")):
+            if getattr(self, name):
+                raise RequestError(
+                    name,
+                    f"Helios reads conditioning media only from the request body: send `{body_field}` as "
+                    "base64 (this server never opens a path named in a request)",
+                )
+
+    @classmethod
+    def video_request_extra_fields(cls) -> frozenset[str]:
+        return frozenset(HELIOS_FIELDS)
+
+    def prepare_video_request_for_queue(self, req: Any) -> None:
+        """Check the request against the served checkpoint before it is queued (-> HTTP 400).
+
+        Runs in the HTTP server and in `sglang generate`'s client process; where no served
+        folder is known there (the CLI), the worker's plan stage is the check.
+        """
+        request = to_generation_request(self, explicit_fields_of(req))
+        folder = _served_folder()
+        if folder is not None:
+            plan_for_folder(folder, request)
+
+
+def _served_folder() -> str | None:
+    from sglang.multimodal_gen.runtime.server_args import get_global_server_args
+
+    try:
+        path = get_global_server_args().model_path
+    except ValueError:
+        return None
+    return path if Path(path).is_dir() else None

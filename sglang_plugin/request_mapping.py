@@ -1,0 +1,145 @@
+"""SGLang sampling parameters -> the core's `GenerationRequest`.
+
+SGLang's shared fields (height, steps, guidance ...) always carry a value, but only the ones the
+user set are handed to the core (SGLang records them as `explicit_fields`): unset ones stay None
+so the core applies the checkpoint's own variant defaults (Base, Mid and Distilled differ), read
+from the folder itself rather than from a name SGLang matched.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from helios_backends.config import TransformerConfig
+from helios_backends.errors import RequestError
+from helios_backends.loading import check_folder, load_scheduler_config
+from helios_backends.request import GenerationRequest, Plan, PromptSegment, plan
+
+from .media import decode_image, decode_video
+
+# SGLang field -> GenerationRequest field, passed on only when the user set it.
+SHARED_FIELDS = {
+    "negative_prompt": "negative_prompt",
+    "height": "height",
+    "width": "width",
+    "num_frames": "num_frames",
+    "num_inference_steps": "num_inference_steps",
+    "guidance_scale": "guidance_scale",
+    "max_sequence_length": "max_sequence_length",
+}
+
+# Helios-only sampling fields (None = the core's default); also the HTTP extra fields.
+HELIOS_FIELDS = (
+    "task",
+    "image",
+    "video",
+    "pyramid_steps",
+    "use_zero_init",
+    "zero_steps",
+    "is_amplify_first_chunk",
+    "is_skip_first_chunk",
+    "keep_first_frame",
+    "history_sizes",
+    "num_latent_frames_per_chunk",
+    "image_noise_sigma",
+    "video_noise_sigma",
+    "add_noise_to_image_latents",
+    "add_noise_to_video_latents",
+    "prompt_schedule",
+    "interpolation_steps",
+)
+
+
+def _prompt(value) -> str | list[str]:
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def _seed(value) -> int:
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise RequestError("seed", f"Helios takes one seed per request, got {len(value)}")
+        value = value[0]
+    return value
+
+
+def _prompt_schedule(value) -> list[PromptSegment] | None:
+    """[{"start_chunk": 0, "prompt": "..."}, ...] or [[0, "..."], ...]."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RequestError("prompt_schedule", "must be a non-empty list of {start_chunk, prompt} entries")
+    segments = []
+    for entry in value:
+        if isinstance(entry, dict) and set(entry) == {"start_chunk", "prompt"}:
+            start, prompt = entry["start_chunk"], entry["prompt"]
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+            start, prompt = entry
+        else:
+            raise RequestError("prompt_schedule", f"entries are {{start_chunk, prompt}} or [start_chunk, prompt], got {entry!r}")
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise RequestError("prompt_schedule", f"start_chunk must be an integer, got {start!r}")
+        segments.append(PromptSegment(start, prompt))
+    return segments
+
+
+def _tuple(field: str, value, kind: type):
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
+        raise RequestError(field, f"must be a list of {'integers' if kind is int else 'numbers'}, got {value!r}")
+    return tuple(value)
+
+
+def to_generation_request(params: Any, explicit_fields: set[str] | None) -> GenerationRequest:
+    """Map one SGLang SamplingParams onto a core request.
+
+    explicit_fields None means the request did not come from a user (SGLang's own warm-up),
+    whose concrete sizes and step count are then taken as they are.
+    """
+    if (getattr(params, "num_outputs_per_prompt", 1) or 1) != 1:
+        raise RequestError("num_outputs_per_prompt", f"Helios makes one video per prompt (accepted: 1), got {params.num_outputs_per_prompt}")
+    values: dict[str, Any] = {"prompt": _prompt(params.prompt), "seed": _seed(params.seed)}
+    for ours, theirs in SHARED_FIELDS.items():
+        if explicit_fields is None or ours in explicit_fields:
+            values[theirs] = getattr(params, ours)
+    for name in HELIOS_FIELDS:
+        value = getattr(params, name, None)
+        if value is not None:
+            values[name] = value
+    for name in ("pyramid_steps", "history_sizes"):
+        if name in values:
+            values[name] = _tuple(name, values[name], int)
+    for name in ("image_noise_sigma", "video_noise_sigma"):
+        if name in values:
+            values[name] = _tuple(name, values[name], (int, float))
+    if "prompt_schedule" in values:
+        values["prompt_schedule"] = _prompt_schedule(values["prompt_schedule"])
+    if "image" in values:
+        values["image"] = decode_image(values["image"])
+    if "video" in values:
+        values["video"] = decode_video(values["video"])
+    return GenerationRequest(**values)
+
+
+def explicit_fields_of(req: Any) -> set[str] | None:
+    fields = req.extra.get("explicit_fields")
+    return None if fields is None else set(fields)
+
+
+@lru_cache(maxsize=4)
+def _folder_configs(folder: str):
+    path = Path(folder)
+    pipeline = check_folder(path)
+    scheduler = load_scheduler_config(path)
+    patch_size = TransformerConfig.from_json(path / "transformer" / "config.json").patch_size
+    return pipeline, scheduler, patch_size
+
+
+def plan_for_folder(folder: str, request: GenerationRequest) -> Plan:
+    """Validate a request against a checkpoint's json files, without loading any weights."""
+    pipeline, scheduler, patch_size = _folder_configs(folder)
+    return plan(request, pipeline, scheduler, patch_size)

@@ -1,0 +1,74 @@
+"""The plugin's registration and start-up checks, on SGLang's own registry and ServerArgs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import engine_env
+
+
+def test_folders_of_any_name_resolve_to_the_core_pipelines_by_model_index(tiny_folders):
+    from sglang.multimodal_gen.registry import get_model_info
+
+    expected = {"base": "HeliosCorePipeline", "mid": "HeliosCorePyramidPipeline", "distilled": "HeliosCorePyramidPipeline"}
+    for variant, folder in tiny_folders.items():
+        info = get_model_info(str(folder), backend="sglang")
+        assert info.pipeline_cls.__name__ == expected[variant]
+        assert info.sampling_param_cls.__name__ == "HeliosCoreSamplingParams"
+        assert info.pipeline_config_cls.__name__ == "HeliosCoreConfig"
+
+
+def test_hub_names_resolve_to_the_core_pipelines():
+    from sglang.multimodal_gen.registry import get_non_diffusers_pipeline_name
+
+    assert get_non_diffusers_pipeline_name("BestWishYsh/Helios-Base") == "HeliosPipeline"
+    assert get_non_diffusers_pipeline_name("BestWishYsh/Helios-Distilled") == "HeliosPyramidPipeline"
+
+
+def test_entry_point_registers_the_plugin_without_the_package_variable(tiny_folders):
+    """`sglang serve` loads the sglang.multimodal_gen.plugins entry points in every process."""
+    env = engine_env()
+    del env["SGLANG_EXTERNAL_MODEL_PACKAGE"]
+    script = (
+        "import sys\n"
+        "from sglang.multimodal_gen.runtime.platforms.plugins import load_plugins\n"
+        "load_plugins()\n"
+        "from sglang.multimodal_gen.registry import get_model_info\n"
+        "print(get_model_info(sys.argv[1], backend='sglang').pipeline_cls.__module__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tiny_folders["mid"])], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "sglang_plugin.pipeline"
+
+
+@pytest.mark.parametrize(
+    ("settings", "flag"),
+    [
+        ({"sp_degree": 2}, "--sp-degree=2:"),
+        ({"ulysses_degree": 2}, "--ulysses-degree=2:"),
+        ({"ring_degree": 2}, "--ring-degree=2:"),
+        ({"tp_size": 2}, "--tp-size=2:"),
+        ({"enable_cfg_parallel": True}, "--enable-cfg-parallel:"),
+        ({"cfg_parallel_degree": 2}, "--cfg-parallel-size:"),
+        ({}, "--sp-degree=2 (chosen by SGLang for --num-gpus 2):"),
+    ],
+    ids=["sp", "ulysses", "ring", "tp", "cfg", "cfg-size", "num-gpus"],
+)
+def test_parallel_settings_are_refused_at_start_up_naming_the_flag(tiny_folders, settings, flag):
+    from sglang.multimodal_gen.runtime.server_args import ServerArgs
+
+    with pytest.raises(ValueError) as error:
+        ServerArgs.from_kwargs(model_path=str(tiny_folders["mid"]), num_gpus=2, **settings)
+    assert str(error.value).startswith(flag), str(error.value)
+
+
+def test_automatic_cfg_parallel_stays_off_for_helios(tiny_folders):
+    """SGLang would enable CFG parallel by itself with >= 2 GPUs for a CFG model; Helios opts out."""
+    from sglang.multimodal_gen.runtime.server_args import ServerArgs
+
+    args = ServerArgs.from_kwargs(model_path=str(tiny_folders["mid"]), num_gpus=2, dp_size=2)
+    assert args.enable_cfg_parallel is False
+    assert (args.sp_degree, args.cfg_parallel_degree) == (1, 1)
