@@ -57,35 +57,47 @@ RUNS = {
 
 @dataclass
 class Timer:
-    """Wall time of calls, each bracketed by device synchronisation."""
+    """Time spent in calls. With sync (diffusers' synchronous pipeline) each call is bracketed by a
+    device synchronisation; without, by CUDA events on the calling stream, so the overlap of our
+    side-stream VAE decode with the next chunk's steps is not serialised by the measurement."""
 
     device: torch.device
-    seconds: float = 0.0
+    sync: bool = True
+    total: float = 0.0
     calls: int = 0
     first_end: float | None = None
-    marks: list = field(default_factory=list)
+    events: list = field(default_factory=list)
 
-    def sync(self):
+    def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
     def wrap(self, fn):
         def timed(*args, **kwargs):
-            self.sync()
-            t = time.perf_counter()
-            out = fn(*args, **kwargs)
-            self.sync()
-            now = time.perf_counter()
-            self.seconds += now - t
             self.calls += 1
-            if self.first_end is None:
-                self.first_end = now
+            if self.sync or self.device.type != "cuda":
+                self._sync()
+                t = time.perf_counter()
+                out = fn(*args, **kwargs)
+                self._sync()
+                now = time.perf_counter()
+                self.total += now - t
+                if self.first_end is None:
+                    self.first_end = now
+                return out
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args, **kwargs)
+            end.record()
+            self.events.append((start, end))
             return out
 
         return timed
 
-    def reset(self):
-        self.seconds, self.calls, self.first_end = 0.0, 0, None
+    @property
+    def seconds(self) -> float:
+        self._sync()
+        return self.total + sum(a.elapsed_time(b) for a, b in self.events) / 1000
 
 
 def random_weights(model: torch.nn.Module, device, dtype) -> None:
@@ -214,7 +226,7 @@ class Bench:
 
     def run_ours(self, run: Run, frames: int | None = None, fast: bool = True, write_mp4: bool | None = None) -> dict:
         helios = self.our_pipeline(run.variant, fast)
-        t_model, t_vae = Timer(self.device), Timer(self.device)
+        t_model, t_vae = Timer(self.device, sync=False), Timer(self.device, sync=False)
         denoiser, decode = helios.denoiser, helios.vae._decode
         helios.vae._decode = t_vae.wrap(decode)
         writer = None
@@ -223,26 +235,21 @@ class Bench:
 
             writer = Mp4Writer(self.tmp / "ours.mp4", run.width, run.height, 24)
         if self.cuda:
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        latents, first, out_frames = [], None, 0
+        latents, first, first_frames, out_frames = [], None, None, 0
         try:
-            t_model.sync()
             start = time.perf_counter()
             gen = helios.start(self.request(run, frames), prompt_embeds=self.prompt, negative_prompt_embeds=self.negative)
             gen.transformer = _TimedDenoiser(denoiser, t_model)
-            while not gen.done:
-                gen.begin_chunk()
-                while not gen.chunk_denoised:
-                    gen.step()
-                chunk = gen.end_chunk()
-                latents.append(chunk.latents.float().cpu())
-                frames_ = helios.decode(gen, chunk)[0]
-                out_frames += frames_.shape[0]
+            for out in helios.stream(gen):
+                latents.append(out.latents)
+                out_frames += out.frames.shape[1]
                 if first is None:
                     first = time.perf_counter() - start
-                    first_frames = frames_
+                    first_frames = out.frames[0].clone()
                 if writer is not None:
-                    writer.write(frames_)
+                    writer.write(out.frames[0])
             if writer is not None:
                 writer.close()
                 writer = None
@@ -251,7 +258,7 @@ class Bench:
             helios.vae._decode = decode
             if writer is not None:
                 writer.close(discard=True)
-        row = self._row("ours", run, wall, out_frames, t_model, t_vae, first, torch.cat(latents, 2))
+        row = self._row("ours", run, wall, out_frames, t_model, t_vae, first, torch.cat(latents, 2).float().cpu())
         row["first_frames"] = first_frames
         return row
 
@@ -267,13 +274,13 @@ class Bench:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
         try:
-            t_model.sync()
+            t_model._sync()
             start = time.perf_counter()
             with torch.no_grad():
                 out = pipe(prompt_embeds=self.prompt, negative_prompt_embeds=self.negative if run.guidance > 1 else None,
                            height=run.height, width=run.width, num_frames=frames or run.frames, guidance_scale=run.guidance,
                            generator=torch.Generator(device=self.device).manual_seed(0), output_type="np", **kw).frames
-            t_model.sync()
+            t_model._sync()
             wall = time.perf_counter() - start
         finally:
             del pipe.transformer.forward

@@ -159,17 +159,13 @@ def _request(args):
 
 
 def generate(args) -> None:
-    from .config import TransformerConfig
-    from .loading import check_folder, load_scheduler_config, resolve_device, resolve_dtype
-    from .request import plan
+    from .loading import plan_for_folder, read_configs, resolve_device, resolve_dtype
 
     if args.fps < 1 or args.fps > 240:
         raise CliError(f"--fps: must be between 1 and 240, got {args.fps}")
     folder = Path(args.model) if args.model else default_model_dir()
     try:
-        pipeline = check_folder(folder)
-        scheduler = load_scheduler_config(folder)
-        patch = TransformerConfig.from_json(folder / "transformer" / "config.json").patch_size
+        configs = read_configs(folder)
     except CheckpointError as exc:
         raise CliError(f"--model: {exc}") from None
     from .parallel import ParallelConfig
@@ -177,7 +173,7 @@ def generate(args) -> None:
     parallel = ParallelConfig(args.ulysses_degree, args.ring_degree, args.cfg_parallel)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        parallel.validate(TransformerConfig.from_json(folder / "transformer" / "config.json").num_attention_heads, world)
+        parallel.validate(configs.transformer.num_attention_heads, world)
     except RequestError as exc:
         raise request_error(exc) from None
     device_name = args.device
@@ -188,7 +184,7 @@ def generate(args) -> None:
     except CheckpointError as exc:
         raise CliError(f"--device: {exc}") from None
     try:
-        p = plan(_request(args), pipeline, scheduler, patch)
+        p = plan_for_folder(folder, _request(args))
     except RequestError as exc:
         raise request_error(exc) from None
     out = Path(args.output)
@@ -223,29 +219,30 @@ def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str |
     from .pipeline import Helios
     from .video import Mp4Writer
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the VAE's conv3d shapes repeat every chunk
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups)
     try:
         gen = helios.start(p)
     except RequestError as exc:
         raise request_error(exc) from None
     bar = tqdm(total=gen.total_steps, unit="step", disable=not (writer and sys.stderr.isatty()), file=sys.stderr)
+
+    def progress(g) -> None:
+        bar.set_description(f"chunk {g.chunk + 1}/{p.num_chunks}", refresh=False)
+        bar.update()
+
     kept = [] if gen.prefix_latents is None else [gen.prefix_latents.cpu()]
     mp4 = Mp4Writer(out, p.width, p.height, fps) if writer else contextlib.nullcontext()
-    with mp4, torch.no_grad():
-        while not gen.done:
-            gen.begin_chunk()
-            bar.set_description(f"chunk {gen.chunk + 1}/{p.num_chunks}")
-            while not gen.chunk_denoised:
-                try:
-                    gen.step()
-                except RequestError as exc:
-                    raise request_error(exc) from None
-                bar.update()
-            chunk = gen.end_chunk()
-            if writer:
-                if latents_path:
-                    kept.append(chunk.latents.float().cpu())
-                mp4.write(helios.decode(gen, chunk)[0])
+    with mp4:
+        try:
+            for chunk in helios.stream(gen, decode=writer, on_step=progress):
+                if writer:
+                    if latents_path:
+                        kept.append(chunk.latents.float().cpu())
+                    mp4.write(chunk.frames[0])
+        except RequestError as exc:
+            raise request_error(exc) from None
     bar.close()
     if writer:
         if latents_path:

@@ -1,4 +1,4 @@
-"""The two kinds of user-facing error: a bad checkpoint and a bad request."""
+"""The user-facing errors: a bad checkpoint, a bad request, and a generation stopped before its end."""
 
 
 class CheckpointError(ValueError):
@@ -11,3 +11,11 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class GenerationCancelled(RuntimeError):
+    """`Generation.cancel()` was called; raised by the next `step()`, which then does no work."""
+
+
+class GenerationTimeout(GenerationCancelled):
+    """The request's `timeout_s` ran out; a cancellation by the clock, so one except clause catches both."""

@@ -3,11 +3,16 @@
 The transformer's safetensors (one file, or shards with their index json) are memory-mapped and
 each tensor is cast and placed on the target device as it is read, into a model built on the
 meta device: at no time do two full copies of the weights exist.
+
+`plan_for_folder` validates a request against a folder's json files alone, for engines that
+check requests where no weights are loaded (an HTTP front end, a queue) or before loading them.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -16,12 +21,14 @@ from safetensors import safe_open
 from .config import PipelineConfig, SchedulerConfig, TransformerConfig
 from .errors import CheckpointError
 from .ops import default_ops
+from .request import GenerationRequest, Plan, plan
 from .transformer import FP32_MODULES, HeliosTransformer
 
 SUPPORTED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "transformer/config.json")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -130,3 +137,38 @@ def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops
 
 def load_scheduler_config(folder: Path) -> SchedulerConfig:
     return SchedulerConfig.from_json(Path(folder) / "scheduler" / "scheduler_config.json")
+
+
+@dataclass(frozen=True)
+class FolderConfigs:
+    """The json configs of a Helios folder: everything a request is validated against."""
+
+    pipeline: PipelineConfig
+    scheduler: SchedulerConfig
+    transformer: TransformerConfig
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+@lru_cache(maxsize=8)
+def _read_configs(folder: Path, stamps: tuple) -> FolderConfigs:
+    pipeline, scheduler = check_folder(folder), load_scheduler_config(folder)
+    return FolderConfigs(pipeline, scheduler, TransformerConfig.from_json(folder / "transformer" / "config.json"))
+
+
+def read_configs(folder: str | Path) -> FolderConfigs:
+    """A folder's configs, read once and kept while its json files are unchanged: engines ask per request."""
+    folder = Path(folder).resolve()
+    return _read_configs(folder, tuple(_stamp(folder / name) for name in CONFIG_FILES))
+
+
+def plan_for_folder(folder: str | Path, request: GenerationRequest) -> Plan:
+    """Validate a request against a checkpoint folder without loading any weights."""
+    configs = read_configs(folder)
+    return plan(request, configs.pipeline, configs.scheduler, configs.transformer.patch_size)

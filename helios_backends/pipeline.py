@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Helios:
         cuda_graphs: bool = False,
     ):
         self.parallel = parallel
+        self._decode_stream = None
         self.transformer = transformer
         # The sampler calls the denoiser; on CUDA it replays captured graphs of the transformer.
         self.denoiser = transformer
@@ -182,17 +183,77 @@ class Helios:
 
     @torch.no_grad()
     def decode(self, generation: Generation, chunk: Chunk) -> torch.Tensor:
-        """(B, T, H, W, 3) uint8 frames of a chunk; the last chunk is trimmed to the video's length."""
-        video = self.vae.decode(chunk.latents)
-        return to_uint8_frames(video[:, :, : generation.frames_to_keep(chunk.index)])
+        """(B, T, H, W, 3) uint8 CPU frames of a chunk; the last chunk is trimmed to the video's length."""
+        return self.decode_async(generation, chunk).result()
 
-    def stream(self, request: GenerationRequest | Generation, decode: bool = True) -> Iterator[ChunkOutput]:
-        """Run a request chunk by chunk, handing out each chunk as soon as it exists."""
+    @torch.no_grad()
+    def decode_async(self, generation: Generation, chunk: Chunk) -> "PendingFrames":
+        """Start decoding a chunk; on CUDA it runs on a side stream, overlapping the next chunk's steps."""
+        keep = generation.frames_to_keep(chunk.index)
+        if self.device.type != "cuda":
+            return PendingFrames(to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep]).cpu(), None)
+        if self._decode_stream is None:
+            self._decode_stream = torch.cuda.Stream(device=self.device)
+        side = self._decode_stream
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        chunk.latents.record_stream(side)  # made on the main stream, read on the side one
+        with torch.cuda.stream(side):
+            frames = to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep])
+            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        return PendingFrames(host, done)
+
+    def stream(
+        self,
+        request: GenerationRequest | Generation,
+        decode: bool = True,
+        on_step: Callable[[Generation], None] | None = None,
+    ) -> Iterator[ChunkOutput]:
+        """Run a request chunk by chunk, handing out each chunk as soon as its frames exist.
+
+        On CUDA chunk k decodes on a side stream while chunk k+1 denoises; its frames are handed
+        out at the first step boundary after they are ready. `on_step` is called after every step.
+        """
         gen = request if isinstance(request, Generation) else self.start(request)
+        pending: tuple[Chunk, PendingFrames] | None = None
         with torch.no_grad():
             while not gen.done:
                 gen.begin_chunk()
                 while not gen.chunk_denoised:
                     gen.step()
+                    if on_step is not None:
+                        on_step(gen)
+                    if pending is not None and pending[1].ready():
+                        yield ChunkOutput(pending[0].index, pending[0].latents, pending[1].result())
+                        pending = None
                 chunk = gen.end_chunk()
-                yield ChunkOutput(chunk.index, chunk.latents, self.decode(gen, chunk) if decode else None)
+                if pending is not None:
+                    yield ChunkOutput(pending[0].index, pending[0].latents, pending[1].result())
+                    pending = None
+                if decode:
+                    pending = (chunk, self.decode_async(gen, chunk))
+                    if pending[1].ready():  # decoded synchronously (no side stream)
+                        yield ChunkOutput(chunk.index, chunk.latents, pending[1].result())
+                        pending = None
+                else:
+                    yield ChunkOutput(chunk.index, chunk.latents, None)
+            if pending is not None:
+                yield ChunkOutput(pending[0].index, pending[0].latents, pending[1].result())
+
+
+class PendingFrames:
+    """Frames being decoded: `ready()` polls without blocking, `result()` waits for them."""
+
+    def __init__(self, frames: torch.Tensor, done: "torch.cuda.Event | None"):
+        self._frames = frames
+        self._done = done
+
+    def ready(self) -> bool:
+        return self._done is None or self._done.query()
+
+    def result(self) -> torch.Tensor:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._frames

@@ -18,6 +18,7 @@ from .config import PipelineConfig, SamplingDefaults, SchedulerConfig, VARIANT_D
 from .errors import RequestError
 
 Task = Literal["t2v", "i2v", "v2v"]
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class GenerationRequest:
     prompt_schedule: list[PromptSegment] | None = None
     interpolation_steps: int = 3
     max_sequence_length: int | None = None
+    timeout_s: float | None = None  # wall-clock budget for the denoising steps; None: no limit
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Plan:
     interpolation_steps: int
     max_sequence_length: int
     seed: int | None = None
+    timeout_s: float | None = None
 
     @property
     def batch_size(self) -> int:
@@ -261,6 +264,11 @@ def plan(
     seed = request.seed
     if seed is not None:
         _check_range("seed", seed, low=0, high=2**63 - 1)
+    timeout = request.timeout_s
+    if timeout is not None:
+        _check_range("timeout_s", timeout, kind=(int, float))
+        if not 0 < timeout <= MAX_TIMEOUT_S:  # also refuses NaN
+            raise RequestError("timeout_s", f"must be > 0 and <= {MAX_TIMEOUT_S:g} seconds, got {timeout}")
 
     return Plan(
         prompts=prompts,
@@ -289,4 +297,5 @@ def plan(
         interpolation_steps=request.interpolation_steps,
         max_sequence_length=max_len,
         seed=seed,
+        timeout_s=None if timeout is None else float(timeout),
     )

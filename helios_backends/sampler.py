@@ -10,6 +10,10 @@ A `Generation` is one request in flight. An engine's scheduler drives it one cal
         chunk = gen.end_chunk()           # latents of the chunk; history updated
         frames = helios.decode(chunk)     # uint8 frames, available at once
 
+`step()` stops a generation that `cancel()` was called on, or whose request's `timeout_s` has
+run out since it was created, by raising `GenerationCancelled` / `GenerationTimeout`; the
+state is left as it was, so no half-done step is ever visible.
+
 Random numbers are drawn from the request's generator in the reference pipelines' order (VAE
 posterior samples and conditioning noise at the start; per chunk the chunk noise; per pyramid
 stage after the first the block noise), so equal seeds give equal latents. The sampler keeps
@@ -19,13 +23,14 @@ the first-frame prefix), so its state does not grow with the video's length.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .config import PipelineConfig, SchedulerConfig
-from .errors import RequestError
+from .errors import GenerationCancelled, GenerationTimeout, RequestError
 from .parallel import ParallelGroups, cfg_branches
 from .request import Plan
 from .schedule import calculate_shift, image_seq_len, renoise_coefficients, single_stage_schedule, stage_layout, stage_schedule
@@ -126,6 +131,8 @@ class Generation:
         self.cfg_parallel = parallel is not None and parallel.cfg is not None
         if self.cfg_parallel and not plan.do_cfg:
             raise RequestError("guidance_scale", f"cfg_parallel needs guidance_scale > 1 (CFG on), got {plan.guidance_scale}")
+        if parallel is not None and plan.timeout_s is not None:
+            raise RequestError("timeout_s", "is not available with parallel groups: each rank's clock would stop it at a different step")
         self.parallel = parallel
         self.plan = plan
         self.transformer = transformer
@@ -164,6 +171,8 @@ class Generation:
         self.total_steps = plan.total_steps(scheduler.kind)
         self._latents: torch.Tensor | None = None
         self._denoised = False
+        self._cancelled = False
+        self.deadline = None if plan.timeout_s is None else time.monotonic() + plan.timeout_s
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -174,6 +183,20 @@ class Generation:
     @property
     def chunk_denoised(self) -> bool:
         return self._denoised
+
+    def cancel(self) -> None:
+        """Stop at the next step; safe to call from another thread (a server's cancel handler, say)."""
+        if self.parallel is not None:
+            raise RuntimeError("cancel: not available with parallel groups: the ranks would stop at different steps")
+        self._cancelled = True
+
+    def _check_running(self) -> None:
+        if self._cancelled:
+            raise GenerationCancelled(f"cancelled after {self.steps_done} of {self.total_steps} steps")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise GenerationTimeout(
+                f"timeout_s: still running after {self.plan.timeout_s:g} s ({self.steps_done} of {self.total_steps} steps done)"
+            )
 
     # -- chunk ------------------------------------------------------------------------------------
 
@@ -260,6 +283,7 @@ class Generation:
     @torch.no_grad()
     def step(self) -> None:
         """One denoising step of the current chunk; enters the next pyramid stage when one ends."""
+        self._check_running()
         if self._latents is None or self._denoised:
             raise RuntimeError("step: no chunk is being denoised (call begin_chunk)")
         flow = self._predict()

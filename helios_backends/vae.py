@@ -56,6 +56,6 @@ class WanVAE:
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8 on the CPU."""
+    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8, on the video's device."""
     frames = (video.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 4, 1).cpu()
+    return frames.permute(0, 2, 3, 4, 1)
