@@ -1,5 +1,5 @@
 """Micro-measurements behind the fast path's choices (one H200): attention backend for Helios'
-sequence lengths, VAE decode memory format, and what mp4 encoding on a thread costs the loop.
+sequence lengths, the bf16 VAE decode of one chunk, and what mp4 encoding on a thread costs.
 
     python bench/probe_gpu.py
 """
@@ -43,7 +43,7 @@ def attention_backends():
                 print(f"attention L={tokens} {name}: unavailable ({str(exc).splitlines()[0][:80]})", flush=True)
 
 
-def vae_memory_format():
+def vae_decode():
     from diffusers import AutoencoderKLWan
 
     torch.backends.cudnn.benchmark = True
@@ -51,10 +51,7 @@ def vae_memory_format():
     z = torch.randn(1, 16, 9, 48, 80, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         t = cuda_time(lambda: vae.decode(z, return_dict=False)[0], reps=3)
-        print(f"VAE decode 9 latent frames 384x640 bf16, contiguous: {t:.3f} s", flush=True)
-        vae = vae.to(memory_format=torch.channels_last_3d)
-        t = cuda_time(lambda: vae.decode(z.contiguous(memory_format=torch.channels_last_3d), return_dict=False)[0], reps=3)
-        print(f"VAE decode, channels_last_3d: {t:.3f} s", flush=True)
+        print(f"VAE decode 9 latent frames 384x640 bf16: {t:.3f} s", flush=True)
 
 
 def encode_thread_cost():
@@ -95,5 +92,5 @@ def encode_thread_cost():
 
 if __name__ == "__main__":
     attention_backends()
-    vae_memory_format()
+    vae_decode()
     encode_thread_cost()
