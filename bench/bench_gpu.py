@@ -6,6 +6,7 @@ settings and seeds. Diffusers runs in its strongest setting (compile_repeated_bl
 and a bf16 VAE); ours runs its fast path (fused Triton kernels, fused QKV, cached text K/V and
 RoPE, CUDA graphs for the transformer and the VAE decode) and streams chunks into an mp4.
 
+    python -m pip install --no-deps --no-build-isolation -e .   # once: the package, incl. helios_triton_kernels
     python bench/bench_gpu.py --runs check distilled-111 distilled-222 distilled-1452 --out bench/results
     python bench/bench_gpu.py --config tiny --device cpu --runs check distilled-111   # smoke test
 

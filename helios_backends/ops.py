@@ -94,7 +94,7 @@ def default_ops(device: torch.device | str):
 
         return NpuOps()
     if kind == "cuda":
-        from triton_kernels.ops import TritonOps
+        from helios_triton_kernels.ops import TritonOps
 
         return TritonOps()
     return TorchOps()

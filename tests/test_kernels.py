@@ -24,7 +24,7 @@ REF = TorchOps()
 
 @pytest.fixture(scope="module")
 def fused():
-    from triton_kernels.ops import TritonOps
+    from helios_triton_kernels.ops import TritonOps
 
     return TritonOps()
 
