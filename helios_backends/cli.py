@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interpolation-steps", type=int, default=3, help="chunks over which a scheduled prompt blends in")
     g.add_argument("--max-sequence-length", type=int)
     g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or npu[:N] (under torchrun: cuda means cuda:LOCAL_RANK)")
+    g.add_argument("--offload", choices=["none", "model", "layer"], default="none",
+                   help="model: text encoder off the GPU between prompts; layer: also stream transformer blocks from host memory")
+    g.add_argument("--offload-slots", type=int, default=2, help="transformer blocks resident on the GPU with --offload layer")
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (run under torchrun)")
     g.add_argument("--ring-degree", type=int, default=1, help="Ring attention sequence parallelism (run under torchrun)")
     g.add_argument("--cfg-parallel", action="store_true", help="conditional/unconditional branches on two ranks (run under torchrun)")
@@ -190,13 +193,16 @@ def generate(args) -> None:
     out = Path(args.output)
     if not out.parent.is_dir():
         raise CliError(f"--output: folder {out.parent} does not exist")
+    offload = (args.offload, args.offload_slots)
+    if args.offload_slots < 1:
+        raise CliError(f"--offload-slots: must be >= 1, got {args.offload_slots}")
     if parallel.world_size > 1:
-        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel)
+        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, offload)
     else:
-        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents)
+        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, offload=offload)
 
 
-def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel) -> None:
+def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, offload) -> None:
     """Under torchrun: every rank denoises its share; rank 0 decodes and writes the files."""
     import torch.distributed as dist
 
@@ -204,12 +210,16 @@ def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel) 
 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     try:
-        run(folder, p, device, dtype, out, fps, latents_path, ParallelGroups.from_world(parallel), writer=dist.get_rank() == 0)
+        groups = ParallelGroups.from_world(parallel)
+        run(folder, p, device, dtype, out, fps, latents_path, groups, writer=dist.get_rank() == 0, offload=offload)
     finally:
         dist.destroy_process_group()
 
 
-def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None, groups=None, writer: bool = True) -> None:
+def run(
+    folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None, groups=None, writer: bool = True,
+    offload: tuple[str, int] = ("none", 2),
+) -> None:
     import contextlib
 
     import torch
@@ -221,7 +231,7 @@ def run(folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str |
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the VAE's conv3d shapes repeat every chunk
-    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups)
+    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=offload[0], offload_slots=offload[1])
     try:
         gen = helios.start(p)
     except RequestError as exc:

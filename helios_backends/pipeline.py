@@ -10,6 +10,8 @@ import torch
 
 from .config import PipelineConfig, SchedulerConfig
 from .loading import check_folder, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
+from .errors import CheckpointError
+from .offload import OFFLOAD_MODES, LayerOffload
 from .ops import default_ops
 from .parallel import ParallelGroups, SequenceParallelOps
 from .request import GenerationRequest, Plan, plan
@@ -40,6 +42,8 @@ class Helios:
         cuda_graphs: bool = False,
     ):
         self.parallel = parallel
+        self.offload = "none"
+        self.layers: LayerOffload | None = None
         self._decode_stream = None
         self.transformer = transformer
         # The sampler calls the denoiser; on CUDA it replays captured graphs of the transformer.
@@ -63,13 +67,19 @@ class Helios:
         ops=None,
         parallel: ParallelGroups | None = None,
         cuda_graphs: bool = True,
+        offload: str = "none",
+        offload_slots: int = 2,
     ) -> "Helios":
         """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32).
 
         parallel: this rank's process groups (an engine's, or ParallelGroups.from_world); with a
         sequence-parallel group the transformer's ops shard tokens and make attention global.
         cuda_graphs: on CUDA, replay the transformer and VAE decode from captured graphs.
+        offload: "model" keeps the text encoder off the device between prompts; "layer" also
+        streams the transformer blocks from host memory through `offload_slots` device copies.
         """
+        if offload not in OFFLOAD_MODES:
+            raise CheckpointError(f"offload must be one of {list(OFFLOAD_MODES)}, got {offload!r}")
         folder = Path(folder)
         pipeline = check_folder(folder)
         device = resolve_device(device)
@@ -78,12 +88,26 @@ class Helios:
         ops = ops or default_ops(device)
         if parallel is not None and parallel.sp is not None:
             ops = SequenceParallelOps(ops, parallel)
-        transformer = load_transformer(folder, dtype, device, ops)
+        layers = None
+        if offload == "layer":
+            # Load on the host, keep everything but the blocks on the device, stream the blocks.
+            transformer = load_transformer(folder, dtype, torch.device("cpu"), ops)
+            transformer.fuse_projections()
+            for name, module in transformer.named_children():
+                if name != "blocks":
+                    module.to(device)
+            layers = LayerOffload(transformer.blocks, device, offload_slots)
+        else:
+            transformer = load_transformer(folder, dtype, device, ops)
         if parallel is not None:
             parallel.config.validate(transformer.config.num_attention_heads)
-        text_encoder = TextEncoder.load(folder, dtype, device)
-        vae = WanVAE.load(folder, vae_dtype, device, cuda_graphs)
-        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs)
+        text_device = torch.device("cpu") if offload != "none" else device
+        text_encoder = TextEncoder.load(folder, dtype, text_device)
+        vae = WanVAE.load(folder, vae_dtype, device, cuda_graphs and layers is None)
+        helios = cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs and layers is None)
+        helios.offload = offload
+        helios.layers = layers
+        return helios
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +130,19 @@ class Helios:
     def _encode(self, prompts: list[str], max_length: int) -> torch.Tensor:
         if self.text_encoder is None:
             raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
-        return self.text_encoder.encode(prompts, max_length)
+        if self.offload == "none":
+            return self.text_encoder.encode(prompts, max_length)
+        home = self.text_encoder.device
+        self.text_encoder.encoder.to(self.device)
+        try:
+            return self.text_encoder.encode(prompts, max_length)
+        finally:
+            self.text_encoder.encoder.to(home)
+
+    def release(self) -> None:
+        """Free what a finished request left on the device (the offloaded blocks' slots)."""
+        if self.layers is not None:
+            self.layers.release()
 
     def _condition_image(self, p: Plan, generator):
         """I2V: the image latent (prefix) and a fake last-history latent, both lightly noised."""
@@ -217,6 +253,12 @@ class Helios:
         out at the first step boundary after they are ready. `on_step` is called after every step.
         """
         gen = request if isinstance(request, Generation) else self.start(request)
+        try:
+            yield from self._stream(gen, decode, on_step)
+        finally:
+            self.release()
+
+    def _stream(self, gen: Generation, decode: bool, on_step) -> Iterator[ChunkOutput]:
         pending: tuple[Chunk, PendingFrames] | None = None
         with torch.no_grad():
             while not gen.done:
