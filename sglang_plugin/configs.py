@@ -18,9 +18,10 @@ from sglang.multimodal_gen.configs.task_type import ModelTaskType
 
 from helios_backends.config import VARIANT_DEFAULTS
 from helios_backends.errors import RequestError
+from helios_backends.loading import plan_for_folder
 
 from .parallel import check_parallel_settings
-from .request_mapping import HELIOS_FIELDS, explicit_fields_of, plan_for_folder, to_generation_request
+from .request_mapping import HELIOS_FIELDS, explicit_fields_of, to_generation_request
 
 _DEFAULTS = VARIANT_DEFAULTS["base"]
 

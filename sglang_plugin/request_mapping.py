@@ -8,16 +8,11 @@ from the folder itself rather than from a name SGLang matched.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-from helios_backends.config import TransformerConfig
 from helios_backends.errors import RequestError
-from helios_backends.loading import check_folder, load_scheduler_config
-from helios_backends.request import GenerationRequest, Plan, PromptSegment, plan
-
-from .media import decode_image, decode_video
+from helios_backends.media import decode_image, decode_video
+from helios_backends.request import GenerationRequest, PromptSegment
 
 # SGLang field -> GenerationRequest field, passed on only when the user set it.
 SHARED_FIELDS = {
@@ -129,17 +124,3 @@ def explicit_fields_of(req: Any) -> set[str] | None:
     fields = req.extra.get("explicit_fields")
     return None if fields is None else set(fields)
 
-
-@lru_cache(maxsize=4)
-def _folder_configs(folder: str):
-    path = Path(folder)
-    pipeline = check_folder(path)
-    scheduler = load_scheduler_config(path)
-    patch_size = TransformerConfig.from_json(path / "transformer" / "config.json").patch_size
-    return pipeline, scheduler, patch_size
-
-
-def plan_for_folder(folder: str, request: GenerationRequest) -> Plan:
-    """Validate a request against a checkpoint's json files, without loading any weights."""
-    pipeline, scheduler, patch_size = _folder_configs(folder)
-    return plan(request, pipeline, scheduler, patch_size)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from helios_backends.config import PipelineConfig, SchedulerConfig
-from helios_backends.errors import RequestError
+from helios_backends.errors import CheckpointError, RequestError
+from helios_backends.loading import COMPONENTS, plan_for_folder, read_configs
 from helios_backends.request import GenerationRequest, plan
+from helios_backends.tiny import TINY_TRANSFORMER, model_index, scheduler_config
 
 from .conftest import random_image, random_video
 
@@ -77,3 +82,42 @@ def test_prompt_schedule_must_start_at_chunk_zero_and_increase():
 
 def test_missing_prompt_is_refused():
     check("prompt", "must be a string", prompt=None)
+
+
+def test_timeout_must_be_a_positive_number_of_seconds():
+    check("timeout_s", "must be > 0", timeout_s=0)
+    check("timeout_s", "must be > 0", timeout_s=float("nan"))
+    check("timeout_s", "<= 604800", timeout_s=float("inf"))
+    check("timeout_s", "must be a number", timeout_s=True)
+    assert plan(GenerationRequest(prompt="a cat", timeout_s=2), PYRAMID, THREE_STAGES).timeout_s == 2.0
+
+
+def json_only_folder(root, variant: str):
+    """A Helios folder with its json configs and empty component folders: no weights at all."""
+    for name in COMPONENTS:
+        (root / name).mkdir(parents=True)
+    (root / "model_index.json").write_text(json.dumps(model_index(variant)))
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(variant)))
+    (root / "transformer" / "config.json").write_text(json.dumps(TINY_TRANSFORMER.to_dict()))
+    return root
+
+
+def test_a_folder_validates_requests_from_its_json_files_without_weights(tmp_path):
+    folder = json_only_folder(tmp_path / "distilled", "distilled")
+    p = plan_for_folder(folder, GenerationRequest(prompt="a cat"))
+    assert (p.steps, p.guidance_scale, p.is_amplify_first_chunk) == ((2, 2, 2), 1.0, True)
+    with pytest.raises(RequestError, match="multiple of 64") as info:
+        plan_for_folder(str(folder), GenerationRequest(prompt="a cat", height=96))
+    assert info.value.field == "height"
+    with pytest.raises(CheckpointError, match="model folder not found"):
+        plan_for_folder(tmp_path / "missing", GenerationRequest(prompt="a cat"))
+
+
+def test_folder_configs_are_read_once_and_again_when_a_json_file_changes(tmp_path):
+    folder = json_only_folder(tmp_path / "helios", "distilled")
+    first = read_configs(folder)
+    assert read_configs(str(folder)) is first
+    (folder / "model_index.json").write_text(json.dumps(model_index("mid")))
+    os.utime(folder / "model_index.json", ns=(0, 0))  # a distinct stamp even on a coarse-clock filesystem
+    assert read_configs(folder).pipeline.variant == "mid"
+    assert plan_for_folder(folder, GenerationRequest(prompt="a cat")).guidance_scale == 5.0

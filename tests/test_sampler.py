@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
+from helios_backends.errors import GenerationCancelled, GenerationTimeout, RequestError
+from helios_backends.parallel import ParallelConfig, ParallelGroups
+from helios_backends.pipeline import Helios
 from helios_backends.request import GenerationRequest, PromptSegment
 from helios_backends.sampler import interpolated_prompt
 
@@ -113,3 +118,48 @@ def test_released_gamma_one_third_runs(tmp_path):
     assert core.scheduler.gamma == pytest.approx(1 / 3)
     outs = list(core.stream(request(num_frames=10), decode=False))
     assert torch.isfinite(outs[0].latents).all()
+
+
+def test_cancel_stops_the_next_step_and_every_later_one(cores):
+    gen = cores["distilled"].start(request())
+    gen.begin_chunk()
+    gen.step()
+    gen.cancel()
+    for _ in range(2):
+        with pytest.raises(GenerationCancelled, match="cancelled after 1 of 9 steps"):
+            gen.step()
+    assert gen.steps_done == 1
+
+
+def test_cancel_from_another_thread_ends_a_stream_at_a_step_boundary(cores):
+    core = cores["distilled"]
+    gen = core.start(request(num_frames=99))
+    stream = core.stream(gen, decode=False)
+    next(stream)
+    canceller = threading.Thread(target=gen.cancel)
+    canceller.start()
+    canceller.join()
+    with pytest.raises(GenerationCancelled):
+        list(stream)
+    assert gen.steps_done < gen.total_steps
+
+
+def test_a_request_past_its_timeout_stops_with_a_timeout_naming_the_steps_done(cores):
+    core = cores["distilled"]
+    gen = core.start(request(timeout_s=1e-9))
+    gen.begin_chunk()
+    with pytest.raises(GenerationTimeout, match=r"timeout_s: still running after 1e-09 s \(0 of 9 steps done\)") as info:
+        gen.step()
+    assert isinstance(info.value, GenerationCancelled)
+    within = [c.latents for c in core.stream(request(timeout_s=3600), decode=False)]
+    unlimited = [c.latents for c in core.stream(request(), decode=False)]
+    assert all(torch.equal(a, b) for a, b in zip(within, unlimited, strict=True))
+
+
+def test_stopping_a_parallel_generation_is_refused_since_ranks_would_stop_apart(cores):
+    core = cores["distilled"]
+    parallel = Helios(core.transformer, core.pipeline, core.scheduler, core.text_encoder, core.vae, ParallelGroups(ParallelConfig()))
+    with pytest.raises(RequestError, match="timeout_s: is not available with parallel groups"):
+        parallel.start(request(timeout_s=10))
+    with pytest.raises(RuntimeError, match="not available with parallel groups"):
+        parallel.start(request()).cancel()

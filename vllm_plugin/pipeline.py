@@ -9,7 +9,6 @@ execution (used by `--diffusion-streaming-output`) onto the core's `Generation` 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,14 +21,13 @@ from vllm_omni.diffusion.distributed.utils import get_local_device
 from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
 from vllm_omni.errors import OmniClientError
 
-from helios_backends.config import TransformerConfig
-from helios_backends.errors import RequestError
-from helios_backends.loading import check_folder, load_scheduler_config
+from helios_backends.errors import GenerationTimeout, RequestError
+from helios_backends.loading import plan_for_folder, read_configs
+from helios_backends.media import MAX_VIDEO_FRAMES
 from helios_backends.pipeline import Helios
-from helios_backends.request import plan
 from helios_backends.sampler import Generation
 
-from .requests import MAX_VIDEO_FRAMES, to_generation_request
+from .requests import to_generation_request
 
 # vLLM-Omni parallel setting -> the flag that sets it, for start-up errors.
 PARALLEL_SETTINGS = {
@@ -88,9 +86,7 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
     schedule itself is the core's, so the planned step indices are recorded there.
     """
     folder = Path(od_config.model)
-    pipeline_cfg = check_folder(folder)
-    scheduler_cfg = load_scheduler_config(folder)
-    patch_size = TransformerConfig.from_json(folder / "transformer" / "config.json").patch_size
+    kind = read_configs(folder).scheduler.kind  # a folder that cannot serve fails at start-up
 
     def pre_process(request):
         sampling = request.sampling_params
@@ -99,11 +95,11 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
                 if getattr(sampling, name) is not None:
                     raise RequestError(name, "custom schedules are not accepted; Helios' schedule comes from its scheduler config")
             core_request, _ = to_generation_request(request.prompt, sampling)
-            planned = plan(core_request, pipeline_cfg, scheduler_cfg, patch_size)
+            planned = plan_for_folder(folder, core_request)
         except RequestError as exc:
             raise client_error(exc) from None
         if od_config.step_execution or od_config.streaming_output:
-            sampling.timesteps = torch.arange(planned.total_steps(scheduler_cfg.kind))
+            sampling.timesteps = torch.arange(planned.total_steps(kind))
         return request
 
     return pre_process
@@ -121,14 +117,12 @@ def get_post_process_func(od_config: OmniDiffusionConfig):
 
 
 class _Run:
-    """One request in flight: the core's Generation plus what the engine adds (deadline, collected output)."""
+    """One request in flight: the core's Generation plus what the engine adds (output type, collected output)."""
 
-    def __init__(self, helios: Helios, gen: Generation, output_type: str, timeout_s: float | None):
+    def __init__(self, helios: Helios, gen: Generation, output_type: str):
         self.helios = helios
         self.gen = gen
         self.latent_output = output_type == "latent"
-        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self.timeout_s = timeout_s
         self.collected: list[torch.Tensor] = []
         if self.latent_output and gen.prefix_latents is not None:
             self.collected.append(gen.prefix_latents.float().cpu())
@@ -137,13 +131,11 @@ class _Run:
         return sum(self.gen.plan.chunk_steps(chunk, self.gen.scheduler.kind))
 
     def step(self) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise OmniClientError(
-                f"Helios request: timeout_s: still running after {self.timeout_s:g} s "
-                f"({self.gen.steps_done} of {self.gen.total_steps} steps done)",
-                status_code=408,
-            )
-        self.gen.step()
+        """One core step; the core's timeout_s deadline becomes the client's 408."""
+        try:
+            self.gen.step()
+        except GenerationTimeout as exc:
+            raise OmniClientError(f"Helios request: {exc}", status_code=408) from None
 
     def finish_chunk(self) -> torch.Tensor:
         """End the denoised chunk; its frames (B, T, H, W, 3) uint8, or its latents for output_type latent."""
@@ -209,7 +201,7 @@ class HeliosCorePipeline(nn.Module):
             gen = self.helios.start(request)
         except RequestError as exc:
             raise client_error(exc) from None
-        return _Run(self.helios, gen, adapter.get("output_type", "frames"), adapter.get("timeout_s"))
+        return _Run(self.helios, gen, adapter.get("output_type", "frames"))
 
     def forward(self, req) -> DiffusionOutput:
         if len(req.requests) != 1:

@@ -10,16 +10,11 @@ server's upload decoding, or base64 bytes in the JSON body; a path is never open
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import math
 from typing import Any
 
-import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from helios_backends import media as core_media
 from helios_backends.errors import RequestError
 from helios_backends.request import GenerationRequest, PromptSegment
 
@@ -35,10 +30,12 @@ BOOL_OPTIONS = frozenset(
     }
 )
 INT_OPTIONS = frozenset({"zero_steps", "num_latent_frames_per_chunk", "interpolation_steps"})
+# Checked by the core's plan() alone.
+CORE_OPTIONS = frozenset({"timeout_s"})
 LIST_OPTIONS = {"pyramid_steps": None, "history_sizes": 3, "image_noise_sigma": 2, "video_noise_sigma": 2}
 MEDIA_OPTIONS = frozenset({"image", "video"})
-ADAPTER_OPTIONS = frozenset({"task", "prompt_schedule", "output_type", "timeout_s"})
-HELIOS_EXTRA_PARAMS = frozenset(BOOL_OPTIONS | INT_OPTIONS | set(LIST_OPTIONS) | MEDIA_OPTIONS | ADAPTER_OPTIONS)
+ADAPTER_OPTIONS = frozenset({"task", "prompt_schedule", "output_type"})
+HELIOS_EXTRA_PARAMS = frozenset(BOOL_OPTIONS | INT_OPTIONS | CORE_OPTIONS | set(LIST_OPTIONS) | MEDIA_OPTIONS | ADAPTER_OPTIONS)
 
 # Keys vLLM-Omni itself writes into extra_args: `duration` from the request's `seconds` (already
 # turned into num_frames), `video_codec_options` for its mp4 encoder, the CFG scales of its
@@ -46,56 +43,24 @@ HELIOS_EXTRA_PARAMS = frozenset(BOOL_OPTIONS | INT_OPTIONS | set(LIST_OPTIONS) |
 ENGINE_EXTRA_ARGS = frozenset({"duration", "video_codec_options", "cfg_text_scale", "cfg_img_scale"})
 
 OUTPUT_TYPES = ("frames", "latent")
+# For images too: a 4096x4096 PNG can be larger than the core's 16 MiB default.
 MAX_MEDIA_BYTES = 64 * 1024 * 1024
-MAX_VIDEO_FRAMES = 2048
-MAX_TIMEOUT_S = 7 * 24 * 3600.0
-
-
-def _base64_bytes(name: str, value: str) -> bytes:
-    """Bytes of a base64 string or `data:...;base64,` URL, bounded by MAX_MEDIA_BYTES."""
-    if value.startswith("data:"):
-        head, sep, value = value.partition(",")
-        if not sep or not head.endswith(";base64"):
-            raise RequestError(name, "a data URL must be base64 encoded (data:<type>;base64,...)")
-    if len(value) > MAX_MEDIA_BYTES * 4 // 3 + 4:
-        raise RequestError(name, f"must be at most {MAX_MEDIA_BYTES // 2**20} MiB")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(name, "must be base64-encoded file bytes (a file path is never opened)") from None
 
 
 def decode_image(value: Any) -> Any:
-    """An image option: a PIL image or array as given, or base64 PNG/JPEG/WebP bytes decoded in memory."""
-    if not isinstance(value, str):
-        return value
-    data = _base64_bytes("image", value)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise RequestError("image", f"cannot decode the image bytes: {exc}") from None
+    """An image option: a PIL image or array as given, or PNG/JPEG/WebP file bytes (base64) decoded by the core."""
+    if isinstance(value, (str, bytes)):
+        return core_media.decode_image(value, max_bytes=MAX_MEDIA_BYTES)
+    return value
 
 
 def decode_video(value: Any) -> Any:
-    """A video option: frames as given, or base64 video-file bytes decoded in memory (at most MAX_VIDEO_FRAMES)."""
+    """A video option: frames as given, or video-file bytes (base64) decoded by the core."""
     if isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value):
         raise RequestError("video", "give frames or base64 video bytes; file paths are never opened")
-    if not isinstance(value, str):
-        return value
-    data = _base64_bytes("video", value)
-    frames = []
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) > MAX_VIDEO_FRAMES:
-                    raise RequestError("video", f"must have at most {MAX_VIDEO_FRAMES} frames")
-    except (av.FFmpegError, OSError, IndexError) as exc:
-        raise RequestError("video", f"cannot decode the video bytes: {exc}") from None
-    if not frames:
-        raise RequestError("video", "the video bytes hold no frames")
-    return frames
+    if isinstance(value, (str, bytes)):
+        return core_media.decode_video(value, max_bytes=MAX_MEDIA_BYTES)
+    return value
 
 
 def _prompt_segments(value: Any) -> list[PromptSegment]:
@@ -145,12 +110,8 @@ def _checked(name: str, value: Any) -> Any:
         if value not in OUTPUT_TYPES:
             raise RequestError("output_type", f"must be one of {list(OUTPUT_TYPES)}, got {value!r}")
         return value
-    if name == "timeout_s":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RequestError("timeout_s", f"must be a number of seconds, got {value!r}")
-        if not 0 < value <= MAX_TIMEOUT_S:
-            raise RequestError("timeout_s", f"must be > 0 and <= {MAX_TIMEOUT_S:g}, got {value}")
-        return float(value)
+    if name in CORE_OPTIONS:
+        return value
     if name == "image":
         return decode_image(value)
     return decode_video(value)
@@ -180,10 +141,10 @@ def helios_options(sampling) -> dict[str, Any]:
 
 
 def to_generation_request(prompt: Any, sampling) -> tuple[GenerationRequest, dict[str, Any]]:
-    """The core request for one vLLM-Omni request, and the adapter's own options (output_type, timeout_s)."""
+    """The core request for one vLLM-Omni request, and the adapter's own options (output_type)."""
     text, negative, media = _prompt_fields(prompt)
     options = helios_options(sampling)
-    adapter = {k: options.pop(k) for k in ("output_type", "timeout_s") if k in options}
+    adapter = {k: options.pop(k) for k in ("output_type",) if k in options}
     for name in ("image", "video"):
         if name in media:
             if name in options:

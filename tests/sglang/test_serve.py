@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 
@@ -11,11 +12,14 @@ from PIL import Image
 
 from helios_backends.request import GenerationRequest, PromptSegment
 from helios_backends.video import Mp4Writer, decode_mp4
-from sglang_plugin.media import encode_base64
 
 from .conftest import HEIGHT, WIDTH, as_served, core_frames, start_server
 
 VARIANT = "mid"  # pyramid + CFG-Zero*: the variant with the most request options
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def _image(seed: int) -> Image.Image:
 def _png_base64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return encode_base64(buffer.getvalue())
+    return _b64(buffer.getvalue())
 
 
 def _mp4(tmp_path, frames: int, seed: int) -> tuple[str, list[np.ndarray]]:
@@ -42,7 +46,7 @@ def _mp4(tmp_path, frames: int, seed: int) -> tuple[str, list[np.ndarray]]:
     path = tmp_path / "input.mp4"
     with Mp4Writer(path, WIDTH, HEIGHT, fps=24) as writer:
         writer.write(rng.integers(0, 256, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8))
-    return encode_base64(path.read_bytes()), list(decode_mp4(path))
+    return _b64(path.read_bytes()), list(decode_mp4(path))
 
 
 SMALL = {"height": HEIGHT, "width": WIDTH, "pyramid_steps": [1, 1, 1]}
@@ -86,7 +90,7 @@ BAD_REQUESTS = [
     ({"history_sizes": [16, 2]}, "history_sizes"),
     ({"image_noise_sigma": [0.5, 0.1]}, "image_noise_sigma"),
     ({"image": "not base64!"}, "image"),
-    ({"video": encode_base64(b"not a video")}, "video"),
+    ({"video": _b64(b"not a video")}, "video"),
     ({"prompt_schedule": [{"start_chunk": 1, "prompt": "late"}]}, "prompt_schedule"),
     ({"input_reference": "/etc/hostname"}, "image_path"),
     ({"task_type": "i2v"}, "task_type"),
