@@ -22,6 +22,8 @@ MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_VIDEO_BYTES = 64 * 1024 * 1024
 MAX_VIDEO_FRAMES = 2048
 MAX_PIXELS = 4096 * 4096
+# 2048 frames of 1280x720: about 5.7 GB of decoded RGB, the most a request may expand to.
+MAX_VIDEO_TOTAL_PIXELS = 2048 * 1280 * 720
 
 
 def _mib(n: int) -> str:
@@ -63,11 +65,19 @@ def decode_image(value: str | bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixel
 
 
 def decode_video(
-    value: str | bytes, max_bytes: int = MAX_VIDEO_BYTES, max_frames: int = MAX_VIDEO_FRAMES, max_pixels: int = MAX_PIXELS
+    value: str | bytes,
+    max_bytes: int = MAX_VIDEO_BYTES,
+    max_frames: int = MAX_VIDEO_FRAMES,
+    max_pixels: int = MAX_PIXELS,
+    max_total_pixels: int = MAX_VIDEO_TOTAL_PIXELS,
 ) -> list[np.ndarray]:
-    """Every frame as (H, W, 3) uint8; refused at the first frame past max_frames or max_pixels."""
+    """Every frame as (H, W, 3) uint8; refused at the first frame past a frame, pixel or total limit.
+
+    A small compressed file can expand enormously; the total cap bounds the decoded memory.
+    """
     data = _media_bytes("video", value, max_bytes)
     frames: list[np.ndarray] = []
+    total = 0
     try:
         with av.open(io.BytesIO(data)) as container:
             for frame in container.decode(video=0):
@@ -75,6 +85,9 @@ def decode_video(
                     raise RequestError("video", f"has {frame.width}x{frame.height} frames, more than {max_pixels} pixels")
                 if len(frames) == max_frames:
                     raise RequestError("video", f"has more than {max_frames} frames")
+                total += frame.width * frame.height
+                if total > max_total_pixels:
+                    raise RequestError("video", f"decodes to more than {max_total_pixels} pixels in all (frames x size)")
                 frames.append(frame.to_ndarray(format="rgb24"))
     except (av.FFmpegError, OSError, IndexError) as exc:
         raise RequestError("video", f"is not a readable mp4/webm video ({exc})") from None

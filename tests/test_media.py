@@ -90,3 +90,12 @@ def test_a_video_past_the_frame_or_pixel_limit_is_refused(mp4):
     assert len(decode_video(data, max_frames=5)) == 5
     refused("video", "more than 4 frames", decode_video, data, max_frames=4)
     refused("video", "more than 100 pixels", decode_video, data, max_pixels=100)
+
+
+def test_a_video_that_decodes_past_the_total_pixel_cap_is_refused(tmp_path):
+    with Mp4Writer(tmp_path / "v.mp4", 64, 64, fps=24) as w:
+        w.write(np.zeros((10, 64, 64, 3), np.uint8))
+    data = (tmp_path / "v.mp4").read_bytes()
+    assert len(decode_video(data, max_total_pixels=10 * 64 * 64)) == 10
+    with pytest.raises(RequestError, match="more than 40959 pixels in all"):
+        decode_video(data, max_total_pixels=10 * 64 * 64 - 1)
