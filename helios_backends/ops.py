@@ -8,6 +8,10 @@ Per-token modulation in Helios has two rows: history tokens use the t=0 embeddin
 current chunk uses the step's timestep. `shift`, `scale` and `gate` are therefore (B, R, D) with
 R = 1 (every token alike) or R = 2 (the first `split` tokens take row 0, the rest row 1); ops
 apply the rows to token slices instead of materialising a (B, L, D) tensor per block.
+
+The interface: attention, norm_rope (q/k RMSNorm over all heads + interleaved RoPE, fused by the
+Triton backend), rms_norm, rope, layer_norm, modulated_norm, gated_residual, and the token
+sharding hooks shard_tokens / gather_tokens that sequence parallelism overrides.
 """
 
 from __future__ import annotations
