@@ -85,6 +85,9 @@ class LayerOffload:
         self.history: list[tuple[str, int]] = []  # ("load" | "run", block) in order, for inspection
         self._hooks = [b.register_forward_pre_hook(self._before(i)) for i, b in enumerate(blocks)]
         self._hooks += [b.register_forward_hook(self._after(i)) for i, b in enumerate(blocks)]
+        for i, block in enumerate(blocks):
+            # Text K/V are projected once per request outside the block's forward: load for that too.
+            block.attn2.context_kv = self._resident(i, block, block.attn2.context_kv)
 
     @property
     def resident(self) -> list[int]:
@@ -140,6 +143,15 @@ class LayerOffload:
                 self._load(ahead, slot)
 
         return hook
+
+    def _resident(self, index: int, block: nn.Module, fn):
+        def run(*args):
+            self._before(index)(block, args)
+            out = fn(*args)
+            self._after(index)(block, args, out)
+            return out
+
+        return run
 
     def _free_slot(self, index: int) -> int:
         used = set(self.slot_of.values())

@@ -48,7 +48,7 @@ def test_each_block_is_loaded_before_it_runs_and_at_most_slots_are_resident(pair
     forward(model)
     assert all(i in resident and len(resident) <= 1 for i, resident in seen)
     runs = [e for e in offload.history if e[0] == "run"]
-    assert [b for _, b in runs] == [0, 1, 0, 1]
+    assert [b for _, b in runs] == [0, 1, 0, 1] * 2  # per forward: text K/V of each block, then the blocks
     first_run = offload.history.index(("run", 1))
     assert ("load", 1) in offload.history[:first_run]  # block 1 was fetched while block 0 ran
 
@@ -110,3 +110,13 @@ def test_unknown_offload_mode_is_named(checkpoints):
 
     with pytest.raises(CheckpointError, match=r"offload must be one of \['none', 'model', 'layer'\], got 'disk'"):
         Helios.from_pretrained(checkpoints["mid"][0], offload="disk")
+
+
+def test_text_projection_outside_the_forward_loads_its_block(pair):
+    plain, offloaded = pair
+    offload = LayerOffload(offloaded.blocks, torch.device("cpu"), slots=1)
+    text = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = offloaded.encode_text(text), plain.encode_text(text)
+    assert all(torch.equal(a, b) for (ka, va), (kb, vb) in zip(got.kv, want.kv) for a, b in ((ka, kb), (va, vb)))
+    assert [e for e in offload.history if e[0] == "run"] == [("run", 0), ("run", 1)]
