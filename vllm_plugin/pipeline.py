@@ -24,16 +24,20 @@ from vllm_omni.errors import OmniClientError
 from helios_backends.errors import GenerationTimeout, RequestError
 from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media import MAX_VIDEO_FRAMES
+from helios_backends.parallel import ParallelConfig, ParallelGroups
 from helios_backends.pipeline import Helios
 from helios_backends.sampler import Generation
 
 from .requests import to_generation_request
 
-# vLLM-Omni parallel setting -> the flag that sets it, for start-up errors.
-PARALLEL_SETTINGS = {
+# vLLM-Omni parallel settings the core maps onto its own parallelism -> the flag that sets each.
+CORE_PARALLEL_SETTINGS = {
     "ulysses_degree": "--ulysses-degree / --usp",
     "ring_degree": "--ring-degree",
     "cfg_parallel_size": "--cfg-parallel-size",
+}
+# Settings the core has no counterpart for: each must stay at 1.
+REFUSED_PARALLEL_SETTINGS = {
     "tensor_parallel_size": "--tensor-parallel-size",
     "pipeline_parallel_size": "--pipeline-parallel-size",
     "data_parallel_size": "--data-parallel-size",
@@ -41,25 +45,68 @@ PARALLEL_SETTINGS = {
     "vae_patch_parallel_size": "--vae-patch-parallel-size",
     "text_encoder_tp_size": "--text-encoder-tp-size",
 }
+PARALLEL_SETTINGS = {**CORE_PARALLEL_SETTINGS, **REFUSED_PARALLEL_SETTINGS}
 
 
-def core_parallel_settings(parallel_config) -> dict[str, int]:
-    """The parallel degrees to hand the core, or a start-up error naming the setting it cannot honour.
+def core_parallel_config(parallel_config, num_heads: int) -> ParallelConfig:
+    """The core's ParallelConfig for vLLM-Omni's parallel settings, or a start-up error naming the flag.
 
-    The core's parallel hooks (`helios_backends.parallel`) are not available to adapters yet, so
-    every degree must be 1; when they are, this is the one place that passes the ulysses, ring
-    and cfg-parallel degrees (and the engine's process groups) through.
+    Ulysses, Ring and CFG-parallel (size 2) map onto the core; every other degree must be 1.
     """
-    degrees = {name: int(getattr(parallel_config, name, 1) or 1) for name in PARALLEL_SETTINGS}
-    for name, degree in degrees.items():
+    for name, flag in REFUSED_PARALLEL_SETTINGS.items():
+        degree = int(getattr(parallel_config, name, 1) or 1)
         if degree > 1:
-            raise ValueError(
-                f"{name}={degree} ({PARALLEL_SETTINGS[name]}): the Helios core runs on one device for now; "
-                "accepted: 1"
-            )
-    if getattr(parallel_config, "use_hsdp", False):
-        raise ValueError("use_hsdp=True (--use-hsdp): the Helios core does not shard its weights; accepted: off")
-    return degrees
+            raise ValueError(f"{name}={degree} ({flag}): the Helios core has no {name.removesuffix('_size')}; accepted: 1")
+    for name, flag, default in (("use_hsdp", "--use-hsdp", False), ("enable_expert_parallel", "--enable-expert-parallel", False),
+                                ("ulysses_mode", "--ulysses-mode", "strict"), ("ulysses_a2a_permute", "--ulysses-a2a-permute", False)):
+        value = getattr(parallel_config, name, default)
+        if value != default:
+            raise ValueError(f"{name}={value!r} ({flag}): not supported by the Helios core; accepted: {default!r}")
+    degrees = {name: int(getattr(parallel_config, name, 1) or 1) for name in CORE_PARALLEL_SETTINGS}
+    if degrees["cfg_parallel_size"] not in (1, 2):
+        raise ValueError(f"cfg_parallel_size={degrees['cfg_parallel_size']} (--cfg-parallel-size): accepted: 1 or 2")
+    config = ParallelConfig(degrees["ulysses_degree"], degrees["ring_degree"], degrees["cfg_parallel_size"] == 2)
+    try:
+        config.validate(num_heads)
+    except RequestError as exc:
+        raise ValueError(f"{exc} ({CORE_PARALLEL_SETTINGS.get(exc.field, exc.field)})") from None
+    return config
+
+
+def check_cpu_workers(od_config: OmniDiffusionConfig, config: ParallelConfig) -> None:
+    """Several CPU workers need --step-execution: vLLM-Omni's request-mode output thread opens an
+    accelerator stream (`torch.Stream`), which fails on a host without one and leaves requests hanging."""
+    from vllm_omni.platforms import current_omni_platform
+
+    from .platform import CpuOmniPlatform
+
+    if config.world_size > 1 and not od_config.step_execution and isinstance(current_omni_platform, CpuOmniPlatform):
+        raise ValueError(
+            f"{config.world_size} diffusion workers on the CPU platform need --step-execution (step_execution=True): "
+            "vLLM-Omni's request-mode output thread needs an accelerator stream"
+        )
+
+
+def engine_parallel_groups(config: ParallelConfig) -> ParallelGroups | None:
+    """This worker's `ParallelGroups` from vLLM-Omni's own process groups (None when nothing is parallel).
+
+    The engine lays ranks out as cfg-outer, sp-inner with contiguous Ulysses groups, so its sp group
+    rank is the token shard, Ulysses groups share a ring index, Ring groups share a Ulysses index and
+    each cfg group pairs the ranks holding the same shard: the core's layout.
+    """
+    if config.world_size == 1:
+        return None
+    from vllm_omni.diffusion.distributed.parallel_state import get_cfg_group, get_sp_group
+
+    config.validate(world_size=get_cfg_group().world_size * get_sp_group().world_size)
+    sp = get_sp_group()
+    return ParallelGroups(
+        config,
+        ulysses=sp.ulysses_group if config.ulysses_degree > 1 else None,
+        ring=sp.ring_group if config.ring_degree > 1 else None,
+        sp=sp.device_group if config.sp_degree > 1 else None,
+        cfg=get_cfg_group().device_group if config.cfg_parallel else None,
+    )
 
 
 def client_error(exc: RequestError) -> OmniClientError:
@@ -168,10 +215,16 @@ class HeliosCorePipeline(nn.Module):
     def __init__(self, *, od_config: OmniDiffusionConfig, prefix: str = ""):
         super().__init__()
         self.od_config = od_config
-        core_parallel_settings(od_config.parallel_config)  # refuses, at start-up, what the core cannot run
+        num_heads = read_configs(od_config.model).transformer.num_attention_heads
+        # Refuses, at start-up, what the core cannot run; maps the rest onto the engine's groups.
+        config = core_parallel_config(od_config.parallel_config, num_heads)
+        check_cpu_workers(od_config, config)
+        parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
         with default_dtype(torch.float32):
-            self.helios = Helios.from_pretrained(od_config.model, device=get_local_device(), dtype=od_config.dtype)
+            self.helios = Helios.from_pretrained(
+                od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel
+            )
         # Registered as submodules so the engine's memory accounting, offload and compile find them.
         self.transformer = self.helios.transformer
         self.text_encoder = self.helios.text_encoder.encoder

@@ -5,9 +5,15 @@ accelerators, and its diffusion worker asks the platform for a device, a device 
 figures and synchronisation. This supplies them for the host, so `vllm serve DIR --omni` serves
 our core on a machine without a GPU (CI, development). It activates only when vLLM's own
 platform is the CPU one, so GPU and NPU machines keep vLLM-Omni's platforms.
+
+For Ulysses / Ring / CFG-parallel runs vLLM-Omni starts one diffusion worker per "device" and
+joins them with gloo; the host offers one such device per usable CPU core, or the number in
+$HELIOS_CPU_DEVICES.
 """
 
 from __future__ import annotations
+
+import os
 
 import psutil
 import torch
@@ -25,7 +31,7 @@ def activate() -> str | None:
 
 
 class CpuOmniPlatform(OmniPlatform, CpuPlatform):
-    """The host as vLLM-Omni's one diffusion device: gloo, no streams, memory from the OS."""
+    """The host as vLLM-Omni's diffusion device(s): gloo, no streams, memory from the OS."""
 
     _omni_enum = OmniPlatformEnum.OOT
 
@@ -57,7 +63,8 @@ class CpuOmniPlatform(OmniPlatform, CpuPlatform):
 
     @classmethod
     def get_device_count(cls) -> int:
-        return 1
+        """Diffusion workers the host can hold: $HELIOS_CPU_DEVICES, else the usable CPU cores."""
+        return int(os.environ.get("HELIOS_CPU_DEVICES") or len(os.sched_getaffinity(0)))
 
     @classmethod
     def get_device_version(cls) -> str | None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import pytest
-from vllm_omni.diffusion.data import DiffusionParallelConfig
 from vllm_omni.diffusion.model_metadata import get_diffusion_model_metadata
 from vllm_omni.diffusion.registry import DiffusionModelRegistry
 from vllm_omni.model_extras.registry import get_extra_body_params
 
 import vllm_plugin
-from vllm_plugin.pipeline import HeliosCorePipeline, core_parallel_settings
+from vllm_plugin.pipeline import HeliosCorePipeline
 from vllm_plugin.requests import HELIOS_EXTRA_PARAMS
 
 
@@ -40,10 +39,3 @@ def test_cpu_platform_activates_only_on_vllms_cpu_platform():
     from vllm_plugin.platform import QUALNAME, activate
 
     assert activate() == (QUALNAME if current_platform.is_cpu() else None)
-
-
-@pytest.mark.parametrize("degree", ["ulysses_degree", "ring_degree", "cfg_parallel_size", "tensor_parallel_size"])
-def test_a_parallel_degree_the_core_lacks_is_refused_naming_the_setting(degree):
-    assert core_parallel_settings(DiffusionParallelConfig())[degree] == 1
-    with pytest.raises(ValueError, match=degree):
-        core_parallel_settings(DiffusionParallelConfig(**{degree: 2}))

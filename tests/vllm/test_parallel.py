@@ -1,0 +1,72 @@
+"""vLLM-Omni's Ulysses / Ring / CFG-parallel settings run the core on the engine's own process groups.
+
+Two diffusion workers on the CPU platform (gloo), step mode, against one process's latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from vllm_omni.diffusion.data import DiffusionParallelConfig
+
+from helios_backends.parallel import ParallelConfig
+from helios_backends.pipeline import Helios
+from helios_backends.request import GenerationRequest
+from helios_backends.tiny import TINY_TRANSFORMER, make_tiny
+from vllm_plugin.pipeline import core_parallel_config
+
+from .test_offline import offline
+
+# 4 heads so Ulysses can split them; 64x256 so every component's tokens divide by 2.
+PARALLEL_TRANSFORMER = dataclasses.replace(TINY_TRANSFORMER, num_attention_heads=4, attention_head_dim=16, is_amplify_history=True)
+FIELDS = {
+    "base": dict(prompt="a kite", height=64, width=256, num_frames=40, num_inference_steps=2, guidance_scale=4.0, seed=1),
+    "distilled": dict(prompt="a kite", height=64, width=256, num_frames=40, pyramid_steps=(1, 1, 1), seed=3),
+}
+CASES = [("ulysses2", {"ulysses_degree": 2}, "distilled"), ("ring2", {"ring_degree": 2}, "distilled"),
+         ("cfg2", {"cfg_parallel_size": 2}, "base")]
+
+
+@pytest.fixture(scope="module")
+def parallel_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("helios-parallel")
+    return {v: make_tiny(root / v, v, transformer=PARALLEL_TRANSFORMER) for v in FIELDS}
+
+
+def core_latents(folder, fields) -> torch.Tensor:
+    request = GenerationRequest(**fields)
+    return torch.cat([c.latents.float() for c in Helios.from_pretrained(folder).stream(request, decode=False)], dim=2)
+
+
+def test_core_parallel_config_maps_ulysses_ring_and_cfg():
+    config = DiffusionParallelConfig(ulysses_degree=2, ring_degree=2, cfg_parallel_size=2)
+    assert core_parallel_config(config, 4) == ParallelConfig(ulysses_degree=2, ring_degree=2, cfg_parallel=True)
+    assert core_parallel_config(DiffusionParallelConfig(), 4) == ParallelConfig()
+
+
+@pytest.mark.parametrize("settings, flag", [
+    ({"tensor_parallel_size": 2}, "--tensor-parallel-size"),
+    ({"pipeline_parallel_size": 2}, "--pipeline-parallel-size"),
+    ({"ulysses_degree": 8}, "--ulysses-degree"),  # 8 does not divide the 4 heads
+    ({"ulysses_mode": "advanced_uaa"}, "--ulysses-mode"),
+])
+def test_settings_the_core_cannot_honour_are_refused_naming_the_flag(settings, flag):
+    with pytest.raises(ValueError, match=flag):
+        core_parallel_config(DiffusionParallelConfig(**settings), 4)
+
+
+@pytest.mark.parametrize("name, settings, variant", CASES, ids=[c[0] for c in CASES])
+def test_two_engine_workers_equal_one_process(name, settings, variant, parallel_folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("HELIOS_CPU_DEVICES", "2")  # two CPU "devices" whatever the core count
+    fields = FIELDS[variant]
+    sampling = {**{k: v for k, v in fields.items() if k != "pyramid_steps"}, "extra_args": {"output_type": "latent"}}
+    if "pyramid_steps" in fields:
+        sampling["extra_args"]["pyramid_steps"] = list(fields["pyramid_steps"])
+    engine = {"step_execution": True, "parallel_config": settings}
+    (latents,) = offline(parallel_folders[variant], tmp_path, engine, [sampling])
+    ref = core_latents(parallel_folders[variant], fields)
+    got = torch.from_numpy(latents)
+    assert got.shape == ref.shape
+    assert ((got - ref).norm() / ref.norm()).item() <= 1e-5, name
