@@ -1,0 +1,190 @@
+"""Start a backend as a real process, watch its memory, wait until it serves, talk HTTP, stop it.
+
+Generic on purpose (no Helios or engine knowledge): `bench/compare.py` starts `vllm serve`,
+`sglang serve` and its own in-process workers with it. Stdlib only, plus psutil (in the core
+environment) for the memory of the whole process tree: engines spawn API, engine and worker
+processes, and the model lives in a child, so the root's own RSS would miss it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+try:
+    import psutil
+except ImportError:  # the memory column then says so
+    psutil = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MemorySampler(threading.Thread):
+    """Peak memory of a process and all its descendants, sampled every `interval` seconds.
+
+    CPU: the sum of PSS (proportional set size: a page shared by k processes counts 1/k in each),
+    so the torch libraries every engine process maps are counted once, not once per process;
+    falls back to RSS where PSS cannot be read. GPU: the sum of the tree's `nvidia-smi` compute
+    memory, sampled at most once a second (each query is a subprocess).
+    """
+
+    def __init__(self, pid: int, gpu: bool = False, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.pid, self.gpu, self.interval = pid, gpu, interval
+        self.peak_host = 0
+        self.peak_gpu = 0
+        self.kind = "PSS" if psutil is not None else "n/a"
+        self._stop_event = threading.Event()
+
+    def tree(self) -> list:
+        root = psutil.Process(self.pid)
+        return [root, *root.children(recursive=True)]
+
+    def _host_bytes(self, procs) -> int:
+        total = 0
+        for p in procs:
+            try:
+                if self.kind == "PSS":
+                    try:
+                        total += p.memory_full_info().pss
+                        continue
+                    except (psutil.AccessDenied, AttributeError):
+                        self.kind = "RSS"
+                total += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                pass
+        return total
+
+    def _gpu_bytes(self, pids: set[int]) -> int:
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+        total = 0
+        for line in out.strip().splitlines():
+            pid, _, mib = line.partition(",")
+            if pid.strip().isdigit() and int(pid) in pids and mib.strip().isdigit():
+                total += int(mib) * 2**20
+        return total
+
+    def run(self) -> None:
+        if psutil is None:
+            return
+        last_gpu = 0.0
+        while not self._stop_event.is_set():
+            try:
+                procs = self.tree()
+            except psutil.NoSuchProcess:
+                return
+            self.peak_host = max(self.peak_host, self._host_bytes(procs))
+            if self.gpu and time.monotonic() - last_gpu >= 1.0:
+                last_gpu = time.monotonic()
+                self.peak_gpu = max(self.peak_gpu, self._gpu_bytes({p.pid for p in procs}))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class Launched:
+    """A command in its own process group (so stop() ends every process it spawned), logging to a file.
+
+    `started` is taken just before the process is created: start-up times count interpreter
+    start, imports and weight loading, as a user waiting for a fresh server sees them.
+    """
+
+    def __init__(self, command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, gpu: bool = False):
+        self.command = command
+        self.log = Path(log)
+        self._log_file = open(self.log, "wb")
+        self.started = time.time()
+        self.proc = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                     start_new_session=True)
+        self.memory = MemorySampler(self.proc.pid, gpu=gpu)
+        self.memory.start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, grace: float = 30) -> None:
+        self.memory.stop()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        else:  # the leader exited; make sure nothing it spawned lingers
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._log_file.close()
+
+
+class Http:
+    """A tiny urllib client for one server (the core environment has no httpx/requests guarantee)."""
+
+    def __init__(self, base_url: str, timeout: float = 300):
+        self.base_url, self.timeout = base_url.rstrip("/"), timeout
+
+    def request(self, method: str, path: str, json_body=None, form: dict | None = None, timeout: float | None = None) -> tuple[int, bytes]:
+        data, headers = None, {}
+        if json_body is not None:
+            data, headers = json.dumps(json_body).encode(), {"Content-Type": "application/json"}
+        elif form is not None:
+            data, headers = urllib.parse.urlencode(form).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        status, body = self.request("GET", path)
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, {"raw": body[:500].decode(errors="replace")}
+
+
+def wait_ready(process: Launched, http: Http, path: str = "/health", timeout: float = 420, interval: float = 0.25) -> float:
+    """Poll until `path` answers 200; returns the ready time (time.time()). Raises with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(f"exited with {process.proc.returncode} before it was ready:\n{process.log_tail()}")
+        try:
+            if http.request("GET", path, timeout=5)[0] == 200:
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"not ready after {timeout:.0f} s:\n{process.log_tail()}")
