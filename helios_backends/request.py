@@ -29,6 +29,25 @@ class PromptSegment:
     prompt: str
 
 
+def parse_prompt_schedule(value: Any) -> list[PromptSegment]:
+    """A prompt schedule from request JSON: [[start_chunk, prompt], ...] or [{"start_chunk", "prompt"}, ...]."""
+    usage = 'a non-empty list of [start_chunk, prompt] pairs or {"start_chunk", "prompt"} objects'
+    if not isinstance(value, (list, tuple)) or not value:
+        raise RequestError("prompt_schedule", f"must be {usage}, got {value!r}")
+    segments = []
+    for item in value:
+        if isinstance(item, dict) and set(item) == {"start_chunk", "prompt"}:
+            start, prompt = item["start_chunk"], item["prompt"]
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            start, prompt = item
+        else:
+            raise RequestError("prompt_schedule", f"must be {usage}, got entry {item!r}")
+        if isinstance(start, bool) or not isinstance(start, int) or not isinstance(prompt, str):
+            raise RequestError("prompt_schedule", f"each entry needs an integer start_chunk and a string prompt, got {item!r}")
+        segments.append(PromptSegment(start, prompt))
+    return segments
+
+
 @dataclass
 class GenerationRequest:
     prompt: str | list[str] | None = None

@@ -12,7 +12,7 @@ from typing import Any
 
 from helios_backends.errors import RequestError
 from helios_backends.media import decode_image, decode_video
-from helios_backends.request import GenerationRequest, PromptSegment
+from helios_backends.request import GenerationRequest, parse_prompt_schedule
 
 # SGLang field -> GenerationRequest field, passed on only when the user set it.
 SHARED_FIELDS = {
@@ -61,26 +61,6 @@ def _seed(value) -> int:
     return value
 
 
-def _prompt_schedule(value) -> list[PromptSegment] | None:
-    """[{"start_chunk": 0, "prompt": "..."}, ...] or [[0, "..."], ...]."""
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or not value:
-        raise RequestError("prompt_schedule", "must be a non-empty list of {start_chunk, prompt} entries")
-    segments = []
-    for entry in value:
-        if isinstance(entry, dict) and set(entry) == {"start_chunk", "prompt"}:
-            start, prompt = entry["start_chunk"], entry["prompt"]
-        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
-            start, prompt = entry
-        else:
-            raise RequestError("prompt_schedule", f"entries are {{start_chunk, prompt}} or [start_chunk, prompt], got {entry!r}")
-        if isinstance(start, bool) or not isinstance(start, int):
-            raise RequestError("prompt_schedule", f"start_chunk must be an integer, got {start!r}")
-        segments.append(PromptSegment(start, prompt))
-    return segments
-
-
 def _tuple(field: str, value, kind: type):
     if value is None:
         return None
@@ -112,7 +92,8 @@ def to_generation_request(params: Any, explicit_fields: set[str] | None) -> Gene
         if name in values:
             values[name] = _tuple(name, values[name], (int, float))
     if "prompt_schedule" in values:
-        values["prompt_schedule"] = _prompt_schedule(values["prompt_schedule"])
+        schedule = values["prompt_schedule"]
+        values["prompt_schedule"] = None if schedule is None else parse_prompt_schedule(schedule)
     if "image" in values:
         values["image"] = decode_image(values["image"])
     if "video" in values:

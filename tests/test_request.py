@@ -121,3 +121,14 @@ def test_folder_configs_are_read_once_and_again_when_a_json_file_changes(tmp_pat
     os.utime(folder / "model_index.json", ns=(0, 0))  # a distinct stamp even on a coarse-clock filesystem
     assert read_configs(folder).pipeline.variant == "mid"
     assert plan_for_folder(folder, GenerationRequest(prompt="a cat")).guidance_scale == 5.0
+
+
+def test_prompt_schedules_from_request_json_take_pairs_or_objects():
+    from helios_backends.request import PromptSegment, parse_prompt_schedule
+
+    expected = [PromptSegment(0, "a"), PromptSegment(2, "b")]
+    assert parse_prompt_schedule([[0, "a"], [2, "b"]]) == expected
+    assert parse_prompt_schedule([{"start_chunk": 0, "prompt": "a"}, {"start_chunk": 2, "prompt": "b"}]) == expected
+    for bad in ([], "0,a", [[0]], [["0", "a"]], [[True, "a"]], [{"start": 0, "prompt": "a"}]):
+        with pytest.raises(RequestError, match="prompt_schedule"):
+            parse_prompt_schedule(bad)

@@ -16,7 +16,7 @@ import numpy as np
 
 from helios_backends import media as core_media
 from helios_backends.errors import RequestError
-from helios_backends.request import GenerationRequest, PromptSegment
+from helios_backends.request import GenerationRequest, parse_prompt_schedule
 
 # Request options taken from extra_args, and the type check each needs before the core's plan().
 BOOL_OPTIONS = frozenset(
@@ -63,25 +63,6 @@ def decode_video(value: Any) -> Any:
     return value
 
 
-def _prompt_segments(value: Any) -> list[PromptSegment]:
-    """prompt_schedule: [[start_chunk, prompt], ...] or [{"start_chunk": k, "prompt": p}, ...]."""
-    usage = 'a list of [start_chunk, prompt] pairs or {"start_chunk", "prompt"} objects'
-    if not isinstance(value, list) or not value:
-        raise RequestError("prompt_schedule", f"must be {usage}, got {value!r}")
-    segments = []
-    for item in value:
-        if isinstance(item, dict) and set(item) == {"start_chunk", "prompt"}:
-            start, prompt = item["start_chunk"], item["prompt"]
-        elif isinstance(item, (list, tuple)) and len(item) == 2:
-            start, prompt = item
-        else:
-            raise RequestError("prompt_schedule", f"must be {usage}, got entry {item!r}")
-        if isinstance(start, bool) or not isinstance(start, int) or not isinstance(prompt, str):
-            raise RequestError("prompt_schedule", f"each entry needs an integer start_chunk and a string prompt, got {item!r}")
-        segments.append(PromptSegment(start, prompt))
-    return segments
-
-
 def _checked(name: str, value: Any) -> Any:
     """Type-check one extra param; ranges are the core's to check."""
     if name in BOOL_OPTIONS:
@@ -105,7 +86,7 @@ def _checked(name: str, value: Any) -> Any:
             raise RequestError("task", f"must be t2v, i2v or v2v, got {value!r}")
         return value
     if name == "prompt_schedule":
-        return _prompt_segments(value)
+        return parse_prompt_schedule(value)
     if name == "output_type":
         if value not in OUTPUT_TYPES:
             raise RequestError("output_type", f"must be one of {list(OUTPUT_TYPES)}, got {value!r}")
