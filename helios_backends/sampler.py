@@ -235,13 +235,12 @@ class Generation:
     def _begin_stage(self, stage: int) -> None:
         plan, cfg = self.plan, self.scheduler
         latents = self._latents
-        steps = plan.chunk_steps(self.chunk, cfg.kind)[stage]
         mu = calculate_shift(image_seq_len(*latents.shape[2:], self.transformer.config.patch_size), cfg)
         amplify = plan.is_amplify_first_chunk and self.chunk == 0
         if self.stages > 1:
             schedule = stage_schedule(cfg, self.layout, stage, plan.steps[stage], mu, amplify)
         else:
-            schedule = single_stage_schedule(cfg, steps, mu)
+            schedule = single_stage_schedule(cfg, plan.steps[stage], mu, amplify)
         if stage > 0:
             h, w = latents.shape[-2] * 2, latents.shape[-1] * 2
             latents = resize_frames(latents, (h, w), "nearest")

@@ -121,14 +121,17 @@ def stage_schedule(
     return Schedule(timesteps, sigmas)
 
 
-def single_stage_schedule(config: SchedulerConfig, steps: int, mu: float, sigmas: np.ndarray | None = None) -> Schedule:
+def single_stage_schedule(
+    config: SchedulerConfig, steps: int, mu: float, amplify: bool = False, sigmas: np.ndarray | None = None
+) -> Schedule:
     """Timesteps and sigmas of a one-stage scheduler (Helios-Base).
 
     Base samples sigmas linspace(0.999, 0, N+1)[:-1] shifted by mu, as upstream's pipeline passes them.
     """
     n_train = config.num_train_timesteps
     if sigmas is None:
-        sigmas = np.linspace(0.999, 0.0, steps + 1)[:-1]
+        n = num_schedule_points(config, steps, amplify)
+        sigmas = np.linspace(0.999, 0.0, n + 1)[:-1]
     timesteps = torch.from_numpy((sigmas * n_train).copy())
     sig = torch.cat([torch.from_numpy(sigmas), torch.zeros(1)])
     if config.kind == "dmd":

@@ -97,3 +97,14 @@ def test_mu_follows_the_token_count_at_384x640():
     cfg = SchedulerConfig()
     assert calculate_shift(8640, cfg) == pytest.approx(1.91925, abs=1e-4)
     assert calculate_shift(540, cfg) == pytest.approx(0.54814, abs=1e-4)
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_dmd_amplified_first_chunk_doubles_the_steps_of_every_stage_kind(stages):
+    cfg = SchedulerConfig(kind="dmd", stages=stages, stage_range=(0.0, 1.0) if stages == 1 else (0.0, 1 / 3, 2 / 3, 1.0))
+    for amplify, expected in ((False, 3), (True, 6)):
+        if stages == 1:
+            schedule = single_stage_schedule(cfg, 3, 0.8, amplify)
+        else:
+            schedule = stage_schedule(cfg, stage_layout(cfg), 0, 3, 0.8, amplify)
+        assert len(schedule.timesteps) == expected and len(schedule.sigmas) == expected + 1
