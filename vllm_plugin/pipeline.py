@@ -9,6 +9,7 @@ execution (used by `--diffusion-streaming-output`) onto the core's `Generation` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -85,6 +86,27 @@ def check_cpu_workers(od_config: OmniDiffusionConfig, config: ParallelConfig) ->
             f"{config.world_size} diffusion workers on the CPU platform need --step-execution (step_execution=True): "
             "vLLM-Omni's request-mode output thread needs an accelerator stream"
         )
+
+
+def core_offload(od_config: OmniDiffusionConfig) -> str:
+    """The core's offload mode for the engine's offload settings, which the core then owns.
+
+    `--enable-cpu-offload` (or `--diffusion-offload-config` mode=module) -> "model",
+    `--enable-layerwise-offload` (mode=layer) -> "layer" with its prefetching side stream. The
+    policy vLLM-Omni resolved for this worker is then set to none, so its own offload backend
+    does not hook the core's modules a second time.
+    """
+    from vllm_omni.diffusion.offloader.config import OffloadStrategy, resolve_offload
+
+    modes = {OffloadStrategy.NONE: "none", OffloadStrategy.MODEL_LEVEL: "model", OffloadStrategy.LAYER_WISE: "layer"}
+    resolved = resolve_offload(od_config)
+    if resolved.strategy not in modes:
+        raise ValueError(
+            f"offload strategy {resolved.strategy.name.lower()} (--enable-distributed-layerwise-offload): "
+            "not supported by the Helios core; accepted: --enable-cpu-offload or --enable-layerwise-offload"
+        )
+    od_config._resolved_diffusion_offload = dataclasses.replace(resolved, strategy=OffloadStrategy.NONE)
+    return modes[resolved.strategy]
 
 
 def engine_parallel_groups(config: ParallelConfig) -> ParallelGroups | None:
@@ -221,9 +243,10 @@ class HeliosCorePipeline(nn.Module):
         check_cpu_workers(od_config, config)
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
+        offload = core_offload(od_config)
         with default_dtype(torch.float32):
             self.helios = Helios.from_pretrained(
-                od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel
+                od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload
             )
         # Registered as submodules so the engine's memory accounting, offload and compile find them.
         self.transformer = self.helios.transformer

@@ -46,3 +46,12 @@ def test_offline_step_mode_equals_the_core(tiny_folders, core, tmp_path):
     sampling = {**fields, "extra_args": {"pyramid_steps": [1, 2, 1], "zero_steps": 0}}
     (frames,) = offline(tiny_folders["distilled"], tmp_path, {"step_execution": True}, [sampling])
     assert np.array_equal(frames[0], core_frames(core["distilled"], **fields, pyramid_steps=(1, 2, 1), zero_steps=0))
+
+
+def test_engine_offload_flags_run_the_cores_offload_with_identical_frames(tiny_folders, core, tmp_path):
+    fields = dict(prompt="a cat", height=HEIGHT, width=WIDTH, num_frames=33, seed=4)
+    sampling = {**fields, "extra_args": {"pyramid_steps": [1, 1, 1]}}
+    expected = core_frames(core["distilled"], **fields, pyramid_steps=(1, 1, 1))
+    for flag in ("enable_layerwise_offload", "enable_cpu_offload"):
+        (frames,) = offline(tiny_folders["distilled"], tmp_path, {flag: True}, [dict(sampling)])
+        assert np.array_equal(frames[0], expected), flag

@@ -70,3 +70,12 @@ def test_two_engine_workers_equal_one_process(name, settings, variant, parallel_
     got = torch.from_numpy(latents)
     assert got.shape == ref.shape
     assert ((got - ref).norm() / ref.norm()).item() <= 1e-5, name
+
+
+def test_distributed_layerwise_offload_is_refused_naming_the_flag(parallel_folders):
+    from vllm_omni.diffusion.data import OmniDiffusionConfig
+
+    from vllm_plugin.pipeline import core_offload
+
+    with pytest.raises(ValueError, match="enable-distributed-layerwise-offload"):
+        core_offload(OmniDiffusionConfig(model=str(parallel_folders["distilled"]), enable_distributed_layerwise_offload=True))

@@ -16,10 +16,12 @@ from helios_backends.video import Mp4Writer, decode_mp4
 
 from .conftest import FAST, HEIGHT, WIDTH, core_frames, png_bytes, start_server
 
+MIDDLEWARE = ("--middleware", "vllm_plugin.http.HeliosRequestCheck")
+
 
 @pytest.fixture(scope="module")
 def server(tiny_folders, tmp_path_factory):
-    server = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-distilled")
+    server = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-distilled", *MIDDLEWARE)
     yield server
     server.stop()
 
@@ -56,6 +58,10 @@ def wait_done(server, video_id: str, timeout: float = 120) -> dict:
             return job
         time.sleep(0.2)
     raise AssertionError(f"video {video_id} still {job['status']} after {timeout} s")
+
+
+def job_ids(server) -> set[str]:
+    return {job["id"] for job in server.client.get("/v1/videos").json()["data"]}
 
 
 def sync_ok(server, **fields) -> np.ndarray:
@@ -140,18 +146,31 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("fields, extra, field", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
 def test_bad_request_gets_4xx_naming_the_field_and_the_server_keeps_serving(server, fields, extra, field):
     data = form(extra=extra, **{"num_frames": 33, **fields})
-    sync = server.client.post("/v1/videos/sync", data=data)
-    assert 400 <= sync.status_code < 500, sync.text
-    assert field in sync.json()["error"]["message"]
-    created = server.client.post("/v1/videos", data=data)
-    if created.status_code == 200:  # validated once the job runs: the job fails with the 4xx
-        job = wait_done(server, created.json()["id"])
-        assert job["status"] == "failed"
-        assert 400 <= job["error"]["code"] < 500 and field in job["error"]["message"], job
-        assert 400 <= server.client.get(f"/v1/videos/{job['id']}").status_code < 500
-    else:
-        assert 400 <= created.status_code < 500 and field in created.text
+    jobs_before = job_ids(server)
+    for route in ("/v1/videos/sync", "/v1/videos"):
+        response = server.client.post(route, data=data)
+        assert 400 <= response.status_code < 500, (route, response.text)
+        assert field in response.text, (route, response.text)
+    assert job_ids(server) == jobs_before  # refused before a job was queued
     assert sync_ok(server, num_frames=33, seed=1).shape == (33, HEIGHT, WIDTH, 3)
+
+
+def test_bad_upload_is_refused_before_queueing_naming_the_field(server):
+    files = {"input_reference": ("still.png", b"not a png", "image/png")}
+    response = server.client.post("/v1/videos", data=form(num_frames=33), files=files)
+    assert response.status_code == 400 and "image" in response.json()["error"]["message"], response.text
+
+
+def test_without_the_middleware_an_async_bad_request_fails_its_job_naming_the_field(tiny_folders, tmp_path_factory):
+    """The engine-side check alone: vLLM-Omni queues the job, which then fails with the 4xx."""
+    plain = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-plain")
+    try:
+        created = plain.client.post("/v1/videos", data=form(num_frames=33, width=96))
+        assert created.status_code == 200, created.text
+        job = wait_done(plain, created.json()["id"])
+        assert job["status"] == "failed" and 400 <= job["error"]["code"] < 500 and "width" in job["error"]["message"], job
+    finally:
+        plain.stop()
 
 
 def test_concurrent_requests_all_complete(server):

@@ -1,0 +1,176 @@
+"""Front-door validation of Helios video requests in vLLM-Omni's API server (`--middleware`).
+
+vLLM-Omni queues an async `POST /v1/videos` job before the engine sees it, so a bad size or
+extra parameter would be answered 200 and fail later. vLLM's own `--middleware` option lets us
+check the form against the checkpoint first, with the same translation the engine uses
+(`to_generation_request` + `plan_for_folder`), and answer 400 naming the field:
+
+    vllm serve DIR --omni --middleware vllm_plugin.http.HeliosRequestCheck
+
+Anything the check cannot read (another model, a form the server itself will refuse, a body
+past the media limit) passes through unchanged; the engine-side check still runs on every
+request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from helios_backends.errors import RequestError
+from helios_backends.loading import plan_for_folder
+
+from . import ARCHITECTURES
+from .requests import MAX_MEDIA_BYTES, to_generation_request
+
+VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# The form fields vLLM-Omni reads that are not plain scalars of `VideoGenerationRequest`.
+NON_SCALAR_FIELDS = frozenset({"extra_params", "lora", "image_reference", "video_reference", "audio_reference"})
+MAX_CHECKED_BODY = 2 * MAX_MEDIA_BYTES
+
+
+@dataclass
+class FormSampling:
+    """The sampling fields `to_generation_request` reads, as vLLM-Omni would fill them from the form."""
+
+    extra_args: Any
+    height: int | None
+    width: int | None
+    num_frames: int | None
+    seed: int | None
+    num_inference_steps: int | None
+    guidance_scale: float | None
+    guidance_scale_provided: bool
+    num_outputs_per_prompt: int
+    max_sequence_length: int | None = None
+
+
+def helios_folder(app: Any) -> Path | None:
+    """The served folder when it is a Helios checkpoint, else None."""
+    args = getattr(getattr(app, "state", None), "args", None)
+    folder = Path(str(getattr(args, "model", "") or ""))
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return folder if index.get("_class_name") in ARCHITECTURES else None
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[list[Message], bool]:
+    """The request's body messages, stopping early past `limit` bytes; (messages, complete)."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, False
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return messages, True
+        if size > limit:
+            return messages, False
+
+
+def replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that yields the buffered messages first, then the rest of the stream."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def form_request(form) -> tuple[dict, FormSampling] | None:
+    """(prompt, sampling) as vLLM-Omni builds them from the form; None when the server itself will refuse the form."""
+    from vllm_omni.entrypoints.openai.protocol.videos import VideoGenerationRequest
+
+    fields = {k: v for k, v in form.items() if isinstance(v, str) and v != "" and k in VideoGenerationRequest.model_fields}
+    try:
+        extra = json.loads(fields.pop("extra_params", "null"))
+        request = VideoGenerationRequest(**{k: v for k, v in fields.items() if k not in NON_SCALAR_FIELDS})
+        video = request.resolve_video_params()
+    except (ValueError, ValidationError):
+        return None
+    prompt: dict[str, Any] = {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
+    upload = form.get("input_reference")
+    if isinstance(upload, UploadFile):
+        kind = "video" if (upload.content_type or "").startswith("video/") else "image"
+        prompt["multi_modal_data"] = {kind: await upload.read()}
+    sampling = FormSampling(
+        extra_args=extra,
+        height=video.height,
+        width=video.width,
+        num_frames=video.num_frames,
+        seed=request.seed,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        guidance_scale_provided=request.guidance_scale is not None,
+        num_outputs_per_prompt=request.num_outputs_per_prompt or 1,
+    )
+    return prompt, sampling
+
+
+def bad_request(exc: RequestError) -> JSONResponse:
+    message = f"Helios request: {exc}"
+    error = {"message": message, "type": "BadRequestError", "param": exc.field, "code": 400}
+    return JSONResponse({"error": error}, status_code=400)
+
+
+class HeliosRequestCheck:
+    """ASGI middleware: refuse a Helios video request the core would refuse, before it is queued."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.applies(scope):
+            return await self.app(scope, receive, send)
+        folder = helios_folder(scope.get("app"))
+        if folder is None:
+            return await self.app(scope, receive, send)
+        messages, complete = await read_body(receive, MAX_CHECKED_BODY)
+        if complete:
+            error = await self.check(scope, messages, folder)
+            if error is not None:
+                return await bad_request(error)(scope, receive, send)
+        await self.app(scope, replay(messages, receive), send)
+
+    @staticmethod
+    def applies(scope: Scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in VIDEO_ROUTES:
+            return False
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        return content_type.startswith(FORM_TYPES)
+
+    @staticmethod
+    async def check(scope: Scope, messages: list[Message], folder: Path) -> RequestError | None:
+        pending = list(messages)
+
+        async def receive() -> Message:
+            return pending.pop(0) if pending else {"type": "http.request", "body": b"", "more_body": False}
+
+        try:
+            form = await Request(scope, receive).form(max_part_size=MAX_CHECKED_BODY)
+        except Exception:  # a malformed form: the route answers it with its own error
+            return None
+        try:
+            parsed = await form_request(form)
+            if parsed is None:
+                return None
+            request, _ = to_generation_request(*parsed)
+            plan_for_folder(folder, request)
+        except RequestError as exc:
+            return exc
+        finally:
+            await form.close()
+        return None
