@@ -1,15 +1,22 @@
-"""Low-VRAM mode on one GPU: our layer offload with random 14B weights, Distilled [1,1,1].
+"""Low-VRAM modes on one GPU, ours beside diffusers' group offloading: random 14B weights,
+Distilled [1,1,1], 384x640, each configuration in its own process so its peak memory is its own.
 
-    python bench/bench_offload.py --slots 2 --frames 240
+    python bench/bench_offload.py --out bench/results              # every configuration, then the table
+    python bench/bench_offload.py --config ours:layer:2 --out DIR   # one configuration (what the driver runs)
 
-Builds the 14B transformer's random weights on the GPU, moves its blocks into pinned host
-memory (LayerOffload), frees the device copies, then times a request and reads the peak memory.
-Compare with the resident-weights figure in bench/RESULTS.md (same settings).
+Configurations: ours none (resident weights, CUDA graphs), ours layer with 2 and 4 slots (blocks
+streamed from pinned host memory, prefetch on a side stream), diffusers' group offloading at
+block level and at leaf level, both with streams (its low-VRAM setting; eager: compilation does
+not combine with its hooks). Prompt embeddings are random tensors (no text encoder on either
+side), so `--offload model` would time the same as none here and is not a row. Each process
+warms up on a 33-frame request, then times the requested frames.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,55 +26,145 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gpu import Run, pipeline_config, random_weights, scheduler_config  # noqa: E402
+from bench_gpu import diffusers_scheduler, pipeline_config, random_weights, scheduler_config, share_weights  # noqa: E402
 
 from helios_backends.config import TransformerConfig  # noqa: E402
 from helios_backends.offload import LayerOffload  # noqa: E402
 from helios_backends.ops import default_ops  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
-from helios_backends.transformer import HeliosTransformer  # noqa: E402
 from helios_backends.vae import WanVAE  # noqa: E402
+
+CONFIGS = ("ours:none", "ours:layer:2", "ours:layer:4", "diffusers:block_level", "diffusers:leaf_level")
+HEIGHT, WIDTH = 384, 640
+
+
+def build(device):
+    """diffusers' 14B transformer with random weights on the GPU, and a bf16 Wan VAE."""
+    from diffusers import AutoencoderKLWan, HeliosTransformer3DModel
+
+    with torch.device("meta"):
+        ref = HeliosTransformer3DModel()
+    random_weights(ref, device, torch.bfloat16)
+    with torch.device(device):
+        ref.rope = type(ref.rope)(rope_dim=ref.config.rope_dim, theta=ref.config.rope_theta)
+    vae = AutoencoderKLWan().to(device, torch.bfloat16).eval().requires_grad_(False)
+    return ref.eval(), vae
+
+
+def run_ours(ref, vae, device, mode: str, slots: int, frames: int, prompt, out: Path):
+    config = TransformerConfig(**{k: v for k, v in ref.config.items() if not k.startswith("_")})
+    model = share_weights(ref, config, default_ops(device))
+    model.fuse_projections()
+    layers = LayerOffload(model.blocks, device, slots) if mode == "layer" else None
+    torch.cuda.empty_cache()
+    graphs = layers is None
+    helios = Helios(model, pipeline_config("distilled"), scheduler_config("distilled", 1 / 3, out), None,
+                    WanVAE(vae, cuda_graphs=graphs), cuda_graphs=graphs)
+    helios.offload, helios.layers = mode, layers
+
+    def request(n):
+        req = GenerationRequest(prompt="(embeddings given)", height=HEIGHT, width=WIDTH, num_frames=n, pyramid_steps=(1, 1, 1), seed=0)
+        return sum(c.frames.shape[1] for c in helios.stream(helios.start(req, prompt_embeds=prompt)))
+
+    return request
+
+
+def run_theirs(ref, vae, device, offload_type: str, prompt):
+    from diffusers import HeliosPyramidPipeline
+
+    ref.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type=offload_type,
+                             num_blocks_per_group=1 if offload_type == "block_level" else None, use_stream=True)
+    torch.cuda.empty_cache()
+    pipe = HeliosPyramidPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=diffusers_scheduler("distilled", 1 / 3),
+                                 transformer=ref, is_distilled=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def request(n):
+        with torch.no_grad():
+            video = pipe(prompt_embeds=prompt, height=HEIGHT, width=WIDTH, num_frames=n, guidance_scale=1.0,
+                         pyramid_num_inference_steps_list=[1, 1, 1], is_amplify_first_chunk=True, use_zero_init=True, zero_steps=1,
+                         generator=torch.Generator(device=device).manual_seed(0), output_type="np").frames
+        return video.shape[1]
+
+    return request
+
+
+def one(config: str, frames: int, out: Path) -> dict:
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda")
+    impl, mode, *rest = config.split(":")
+    t = time.perf_counter()
+    ref, vae = build(device)
+    g = torch.Generator(device=device).manual_seed(1)
+    prompt = torch.randn(1, 512, 4096, device=device, generator=g, dtype=torch.bfloat16)
+    if impl == "ours":
+        request = run_ours(ref, vae, device, mode, int(rest[0]) if rest else 2, frames, prompt, out)
+    else:
+        request = run_theirs(ref, vae, device, mode, prompt)
+    del ref  # ours: the blocks' device copies go with it (LayerOffload repointed ours to its slots)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    setup = time.perf_counter() - t
+    resident = torch.cuda.memory_allocated() / 2**30
+    t = time.perf_counter()
+    request(33)
+    torch.cuda.synchronize()
+    warmup = time.perf_counter() - t
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    n = request(frames)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    row = dict(config=config, frames=n, wall=wall, fps=n / wall, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+               reserved_gib=torch.cuda.max_memory_reserved() / 2**30, resident_gib=resident, setup_s=setup, warmup_s=warmup)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(rows: list[dict], frames: int) -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?"
+    base = next((r["fps"] for r in rows if r.get("config") == "ours:none" and "fps" in r), None)
+    lines = [f"GPU: {gpu}; torch {torch.__version__}; Distilled [1,1,1], 384x640, {frames} frames requested; one process per row",
+             "", "| configuration | frames | wall s | FPS | vs ours resident | peak allocated GiB | peak reserved GiB | warm-up s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "fps" not in r:
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | |")
+            continue
+        rel = f"{r['fps'] / base:.2f}x" if base else "-"
+        lines.append(f"| {r['config']} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {rel} | {r['peak_gib']:.2f} | "
+                     f"{r['reserved_gib']:.2f} | {r['warmup_s']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--config", choices=CONFIGS, help="run one configuration in this process")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
-    from diffusers import AutoencoderKLWan
-
-    torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda")
-    t = time.perf_counter()
-    with torch.device("meta"):
-        model = HeliosTransformer(TransformerConfig(), default_ops(device))
-    random_weights(model, device, torch.bfloat16)
-    model.fuse_projections()
-    layers = LayerOffload(model.blocks, device, args.slots)
-    torch.cuda.empty_cache()
-    build = time.perf_counter() - t
-    vae = AutoencoderKLWan().to(device, torch.bfloat16).eval().requires_grad_(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    helios = Helios(model.eval(), pipeline_config("distilled"), scheduler_config("distilled", 1 / 3, out), None, WanVAE(vae))
-    helios.offload, helios.layers = "layer", layers
-    print(f"built and offloaded in {build:.1f}s; resident after build {torch.cuda.memory_allocated() / 2**30:.2f} GiB", flush=True)
-    g = torch.Generator(device=device).manual_seed(1)
-    prompt = torch.randn(1, 512, 4096, device=device, generator=g, dtype=torch.bfloat16)
-    run = Run("Distilled [1,1,1]", "distilled", args.frames, (1, 1, 1), 1.0)
-    for label, frames in (("warm-up", 33), ("timed", run.frames)):
-        req = GenerationRequest(prompt="(embeddings given)", height=384, width=640, num_frames=frames, pyramid_steps=(1, 1, 1), seed=0)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        n = sum(c.frames.shape[1] for c in helios.stream(helios.start(req, prompt_embeds=prompt)))
-        wall = time.perf_counter() - start
-        line = (f"{label}: layer offload, {args.slots} slots, {n} frames in {wall:.2f}s = {n / wall:.2f} FPS; "
-                f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB; resident after {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
-        print(line, flush=True)
-    (out / "offload.md").write_text(line + "\n")
+    if args.config:
+        one(args.config, args.frames, out)
+        return
+    rows = []
+    for config in args.configs:
+        cmd = [sys.executable, __file__, "--config", config, "--frames", str(args.frames), "--out", str(out)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            rows.append(json.loads(lines[-1]) if lines else dict(config=config, error=(proc.stderr.strip().splitlines() or ["no output"])[-1]))
+        except subprocess.TimeoutExpired:
+            rows.append(dict(config=config, error=f"over {args.timeout:.0f} s"))
+        print(rows[-1], flush=True)
+    text = table(rows, args.frames)
+    print(text)
+    (out / "offload.md").write_text(text)
+    (out / "offload.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
