@@ -7,6 +7,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from helios_backends.tiny import TINY_VAE
+from helios_backends.vae import WanVAE
 from helios_backends.wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
 
 CHUNK = 9  # latent frames per Helios chunk
@@ -62,3 +63,13 @@ def test_channels_last_weights_and_activations_decode_the_same_video():
     decoder, cache = WanChunkDecoder(vae, channels_last=True), DecoderCache()
     assert_close(torch.cat([decoder(z[:, :, :CHUNK], cache), decoder(z[:, :, CHUNK:], cache)], 2), want)
     assert_close(diffusers_decode(vae, z), want)  # diffusers' own decode is unaffected by the layout
+
+
+def test_the_core_decodes_each_chunk_as_a_video_start_like_diffusers_helios_pipelines():
+    vae = tiny_vae()
+    core = WanVAE(vae)
+    z = latents(2 * CHUNK)
+    normalised = (z - core.mean) * core.inv_std
+    for chunk in (normalised[:, :, :CHUNK], normalised[:, :, CHUNK:]):
+        want = diffusers_decode(vae, chunk / core.inv_std + core.mean)
+        assert_close(core.decode(chunk), want)
