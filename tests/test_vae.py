@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
@@ -73,3 +76,13 @@ def test_the_core_decodes_each_chunk_as_a_video_start_like_diffusers_helios_pipe
     for chunk in (normalised[:, :, :CHUNK], normalised[:, :, CHUNK:]):
         want = diffusers_decode(vae, chunk / core.inv_std + core.mean)
         assert_close(core.decode(chunk), want)
+
+
+def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys):
+    spec = importlib.util.spec_from_file_location("probe_gpu", Path(__file__).resolve().parents[1] / "bench" / "probe_gpu.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    results = probe.vae_decode(tiny_vae(), (1, 16, 3, 4, 8), "cpu", torch.float32, reps=1)
+    names = ["diffusers frame by frame", "ours chunk-wise", "ours chunk-wise channels_last_3d"]
+    assert all(results[n] > 0 and results[f"{n} diff"] <= 1e-5 for n in names)
+    assert capsys.readouterr().out.count("VAE decode 3 latent frames -> 9 frames 32x64 float32") == 3
