@@ -198,7 +198,7 @@ class Bench:
     def our_pipeline(self, variant: str, fast: bool = True) -> Helios:
         key = f"{variant}-{fast}"
         if key not in self.ours:
-            vae = WanVAE(self.vae, cuda_graphs=fast and self.cuda)
+            vae = WanVAE(self.vae)
             transformer = self.fast if fast else self.slow
             self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), None, vae,
                                     cuda_graphs=fast and self.cuda)

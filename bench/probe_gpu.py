@@ -1,11 +1,12 @@
 """Micro-measurements behind the fast path's choices (one H200): attention backend for Helios'
 sequence lengths, the bf16 VAE decode of one chunk, and what mp4 encoding on a thread costs.
 
-    python bench/probe_gpu.py
+    python bench/probe_gpu.py [--only attention|vae|encode]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 import time
@@ -43,15 +44,54 @@ def attention_backends():
                 print(f"attention L={tokens} {name}: unavailable ({str(exc).splitlines()[0][:80]})", flush=True)
 
 
-def vae_decode():
+def wall_time(fn, device: torch.device, reps: int) -> float:
+    """Seconds per call after one warm-up call (cuDNN autotuning), synchronised on CUDA."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / reps
+
+
+def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=torch.bfloat16, reps=3) -> dict[str, float]:
+    """A video's first chunk (9 latent frames -> 33 frames at 384x640): diffusers' frame-by-frame
+    decode vs WanChunkDecoder (contiguous and channels_last_3d). Returns seconds and max abs diffs."""
     from diffusers import AutoencoderKLWan
 
+    from helios_backends.wan_decoder import WanChunkDecoder, to_channels_last
+
     torch.backends.cudnn.benchmark = True
-    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
-    z = torch.randn(1, 16, 9, 48, 80, device="cuda", dtype=torch.bfloat16)
+    device = torch.device(device)
+    vae = (vae or AutoencoderKLWan()).to(device, dtype).eval()
+    z = torch.randn(latent_shape, device=device, dtype=dtype, generator=torch.Generator(device).manual_seed(0))
+    frames = 4 * latent_shape[2] - 3
+    size = f"{latent_shape[3] * 8}x{latent_shape[4] * 8}"
+    results = {}
+
+    def measure(name, decode):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = wall_time(decode, device, reps)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        diff = (decode().float() - ref.float()).abs().max().item()
+        results[name], results[f"{name} diff"] = t, diff
+        print(f"VAE decode {latent_shape[2]} latent frames -> {frames} frames {size} {str(dtype)[6:]}, {name}: {t:.3f} s, "
+              f"peak allocated {peak:.1f} GiB (weights included), max abs diff vs diffusers {diff:.2e}", flush=True)
+
     with torch.no_grad():
-        t = cuda_time(lambda: vae.decode(z, return_dict=False)[0], reps=3)
-        print(f"VAE decode 9 latent frames 384x640 bf16: {t:.3f} s", flush=True)
+        ref = vae.decode(z, return_dict=False)[0]
+        measure("diffusers frame by frame", lambda: vae.decode(z, return_dict=False)[0])
+        ours = WanChunkDecoder(vae)
+        measure("ours chunk-wise", lambda: ours(z))
+        to_channels_last(vae)  # in place, so after the default-layout runs
+        ours_channels_last = WanChunkDecoder(vae, channels_last=True)
+        measure("ours chunk-wise channels_last_3d", lambda: ours_channels_last(z))
+    return results
 
 
 def encode_thread_cost():
@@ -90,7 +130,12 @@ def encode_thread_cost():
     print(f"2000 small matmuls: {alone:.3f} s alone, {busy:.3f} s while encoding on a thread; close {time.perf_counter() - t:.2f} s", flush=True)
 
 
+PROBES = {"attention": attention_backends, "vae": vae_decode, "encode": encode_thread_cost}
+
 if __name__ == "__main__":
-    attention_backends()
-    vae_decode()
-    encode_thread_cost()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=list(PROBES), help="run one probe (default: all)")
+    args = parser.parse_args()
+    for name, probe in PROBES.items():
+        if args.only in (None, name):
+            probe()

@@ -1,9 +1,10 @@
-"""Static-shape execution on CUDA: the transformer forward and the VAE decode as CUDA graphs.
+"""Static-shape execution on CUDA: the transformer forward as CUDA graphs.
 
-A Helios request calls the transformer with a handful of shapes only (one per pyramid stage),
-and the per-chunk VAE decode with one. Each (shape, text slot) is captured once; later calls copy
-their inputs into the graph's static buffers and replay it, with no Python or launch overhead.
-All graphs share one memory pool, safe because they never run concurrently.
+A Helios request calls the transformer with a handful of shapes only (one per pyramid stage).
+Each (shape, text slot) is captured once; later calls copy their inputs into the graph's static
+buffers and replay it, with no Python or launch overhead. All graphs share one memory pool, safe
+because they never run concurrently. The VAE decode is not graphed: it is convolution-bound, and
+WanChunkDecoder already runs each layer once per chunk.
 """
 
 from __future__ import annotations
@@ -104,38 +105,3 @@ class GraphedTransformer:
         torch.cuda.synchronize()
         self.warmup_seconds += time.perf_counter() - start
         return graph, inputs, output
-
-
-class GraphedDecoder:
-    """The VAE's per-chunk decode replayed from a CUDA graph per latent shape.
-
-    The Wan decoder walks a chunk's latent frames one at a time through a causal cache, hundreds
-    of small kernels per frame; a graph removes their launch cost.
-    """
-
-    def __init__(self, decode):
-        self.decode = decode
-        self.pool = torch.cuda.graph_pool_handle()
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self.warmup_seconds = 0.0
-
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        key = (tuple(latents.shape), latents.dtype)
-        if key not in self.graphs:
-            start = time.perf_counter()
-            static = latents.clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), torch.no_grad():
-                self.decode(static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
-                output = self.decode(static)
-            torch.cuda.synchronize()
-            self.graphs[key] = (graph, static, output)
-            self.warmup_seconds += time.perf_counter() - start
-        graph, static, output = self.graphs[key]
-        static.copy_(latents)
-        graph.replay()
-        return output.clone()

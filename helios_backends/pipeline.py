@@ -74,7 +74,7 @@ class Helios:
 
         parallel: this rank's process groups (an engine's, or ParallelGroups.from_world); with a
         sequence-parallel group the transformer's ops shard tokens and make attention global.
-        cuda_graphs: on CUDA, replay the transformer and VAE decode from captured graphs.
+        cuda_graphs: on CUDA, replay the transformer from captured graphs.
         offload: "model" keeps the text encoder off the device between prompts; "layer" also
         streams the transformer blocks from host memory through `offload_slots` device copies.
         """
@@ -103,7 +103,7 @@ class Helios:
             parallel.config.validate(transformer.config.num_attention_heads)
         text_device = torch.device("cpu") if offload != "none" else device
         text_encoder = TextEncoder.load(folder, dtype, text_device)
-        vae = WanVAE.load(folder, vae_dtype, device, cuda_graphs and layers is None)
+        vae = WanVAE.load(folder, vae_dtype, device)
         helios = cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs and layers is None)
         helios.offload = offload
         helios.layers = layers

@@ -7,18 +7,23 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
+from .wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
+
 
 class WanVAE:
+    """Encode with diffusers' AutoencoderKLWan; decode a chunk per layer call with WanChunkDecoder.
+
+    channels_last: store the decoder's conv weights and run its activations channels-last.
+    """
+
     temporal_factor = 4
     spatial_factor = 8
 
-    def __init__(self, model: AutoencoderKLWan, cuda_graphs: bool = False):
+    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False):
         self.model = model
-        self._decode = self._eager_decode
-        if cuda_graphs and model.device.type == "cuda":
-            from .graphs import GraphedDecoder
-
-            self._decode = GraphedDecoder(self._eager_decode)
+        if channels_last:
+            to_channels_last(model)
+        self._decode = WanChunkDecoder(model, channels_last)
         cfg = model.config
         self.mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(model.device, model.dtype)
         self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(model.device, model.dtype)
@@ -26,9 +31,9 @@ class WanVAE:
         self.spatial_factor = cfg.scale_factor_spatial
 
     @classmethod
-    def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, cuda_graphs: bool = False) -> "WanVAE":
+    def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, channels_last: bool = False) -> "WanVAE":
         model = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
-        return cls(model.eval().requires_grad_(False), cuda_graphs)
+        return cls(model.eval().requires_grad_(False), channels_last)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -46,13 +51,15 @@ class WanVAE:
         return (latents - self.mean) * self.inv_std
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents (B, 16, t, h, w) -> video (B, 3, T, H, W) in [-1, 1]."""
-        latents = latents.to(device=self.device, dtype=self.dtype) / self.inv_std + self.mean
-        return self._decode(latents)
+    def decode(self, latents: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+        """Normalised latents (B, 16, t, h, w) -> video (B, 3, T, H, W) in [-1, 1].
 
-    def _eager_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(latents, return_dict=False)[0]
+        Without `cache` the latents decode as a video's start (T = 4t - 3), as diffusers' Helios
+        pipelines decode every chunk; pass one cache through successive calls to continue a video
+        seamlessly instead (T = 4t after the first call).
+        """
+        latents = latents.to(device=self.device, dtype=self.dtype) / self.inv_std + self.mean
+        return self._decode(latents, cache)
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:

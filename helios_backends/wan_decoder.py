@@ -1,0 +1,147 @@
+"""The Wan-2.1 VAE decoder run a whole chunk of latent frames per layer call.
+
+diffusers' AutoencoderKLWan._decode feeds the decoder one latent frame at a time, so every
+convolution runs on a single frame (at 384x640 hundreds of small cuDNN calls per frame). The
+decoder is causal in time, so the same result comes from running each layer once over all of a
+chunk's frames: a causal conv sees the last CACHE_T input frames before the chunk (zeros before
+the video starts), per-frame ops (norms, attention, spatial resampling) are batched over frames.
+The state between chunks lives in a `DecoderCache`, so decoding chunk after chunk with one cache
+equals decoding the concatenated latents frame by frame in diffusers.
+
+The diffusers modules' own parameters are used; nothing is copied.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+from diffusers.models.autoencoders.autoencoder_kl_wan import (
+    CACHE_T,
+    WanCausalConv3d,
+    WanResample,
+    WanResidualBlock,
+    WanUpBlock,
+)
+
+
+class DecoderCache:
+    """The decoder's causal state after the frames decoded so far: per causal conv, its last
+    CACHE_T input frames. A fresh cache decodes a chunk as the start of a video."""
+
+    def __init__(self):
+        self.frames: dict[WanCausalConv3d, torch.Tensor] = {}
+        self.started = False
+
+    def conv_input(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        """x with the CACHE_T frames before it prepended (zeros at the video's start); the cache
+        then holds x's last CACHE_T frames (through the previous ones when x is shorter)."""
+        before = self.frames.get(conv)
+        if before is None:
+            b, c, _, h, w = x.shape
+            before = x.new_zeros((b, c, CACHE_T, h, w)).contiguous(memory_format=_format(x))
+        padded = torch.cat([before, x], dim=2)
+        self.frames[conv] = padded[:, :, -CACHE_T:].clone(memory_format=_format(x))
+        return padded
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def to_channels_last(model: AutoencoderKLWan) -> None:
+    """Store the decoder's conv weights channels-last (NDHWC / NHWC) in place, so cuDNN's
+    channels-last kernels run without a per-call weight transpose. diffusers' own decode still
+    works on them (layout is not semantics)."""
+    for module in [model.post_quant_conv, *model.decoder.modules()]:
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        elif isinstance(module, torch.nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+
+
+class WanChunkDecoder:
+    """Decodes (B, z, t, h, w) latents to (B, 3, T, H, W) video in [-1, 1], one call per layer.
+
+    T = 4t - 3 for the first chunk of a video (its first latent frame gives one frame), else 4t.
+    `channels_last` runs the activations in channels_last_3d (call `to_channels_last` on the
+    model too, or cuDNN transposes the weights on every call).
+    """
+
+    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False):
+        cfg = model.config
+        if cfg.is_residual or cfg.patch_size is not None:
+            raise NotImplementedError("only the Wan-2.1 VAE decoder (is_residual=False, no patch_size) is supported")
+        self.model = model
+        self.channels_last = channels_last
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
+        cache = DecoderCache() if cache is None else cache
+        first = not cache.started
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        dec = self.model.decoder
+        x = self._conv(self.model.post_quant_conv, z, cache)
+        x = self._conv(dec.conv_in, x, cache)
+        x = self._resnet(dec.mid_block.resnets[0], x, cache)
+        for attn, resnet in zip(dec.mid_block.attentions, dec.mid_block.resnets[1:]):
+            x = attn(x)  # per frame already: batched over the chunk's frames
+            x = self._resnet(resnet, x, cache)
+        for block in dec.up_blocks:
+            x = self._up_block(block, x, cache, first)
+        x = dec.nonlinearity(dec.norm_out(x))
+        x = self._conv(dec.conv_out, x, cache)
+        cache.started = True
+        return x.clamp_(-1.0, 1.0)
+
+    @staticmethod
+    def _conv(conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """The causal conv over all of x's frames; spatial zero padding is done by the conv itself
+        (no padded copy of the activation)."""
+        pad_w, _, pad_h, _, pad_t, _ = conv._padding
+        if pad_t:
+            x = cache.conv_input(conv, x)
+        return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+
+    def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        shortcut = x if isinstance(block.conv_shortcut, torch.nn.Identity) else self._conv(block.conv_shortcut, x, cache)
+        x = self._conv(block.conv1, block.nonlinearity(block.norm1(x)), cache)
+        x = self._conv(block.conv2, block.nonlinearity(block.norm2(x)), cache)
+        return x + shortcut
+
+    def _up_block(self, block: WanUpBlock, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+        for resnet in block.resnets:
+            x = self._resnet(resnet, x, cache)
+        if block.upsamplers is not None:
+            x = self._resample(block.upsamplers[0], x, cache, first)
+        return x
+
+    def _resample(self, resample: WanResample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+        if resample.mode == "upsample3d":
+            x = self._upsample_time(resample, x, cache, first)
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        upsample, conv = resample.resample
+        # Nearest-neighbour upsampling only copies values: diffusers' fp32 round trip changes nothing.
+        frames = F.interpolate(frames, scale_factor=upsample.scale_factor, mode=upsample.mode)
+        frames = conv(frames)
+        return frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    def _upsample_time(self, resample: WanResample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+        """Each latent frame -> 2 frames (channel halves of a causal time conv), except the video's
+        first frame, which diffusers passes through as is and keeps out of the conv's history."""
+        head = None
+        if first:
+            head, x = x[:, :, :1], x[:, :, 1:]
+            if x.shape[2] == 0:
+                return head
+        y = self._conv(resample.time_conv, x, cache)
+        b, c2, t, h, w = y.shape
+        c = c2 // 2
+        out = torch.empty((b, c, 2 * t, h, w), dtype=y.dtype, device=y.device, memory_format=_format(y))
+        out[:, :, 0::2] = y[:, :c]
+        out[:, :, 1::2] = y[:, c:]
+        return out if head is None else torch.cat([head, out], dim=2)

@@ -1,0 +1,88 @@
+"""WanChunkDecoder (one call per layer per chunk) against diffusers' frame-by-frame Wan VAE decode."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from helios_backends.tiny import TINY_VAE
+from helios_backends.vae import WanVAE
+from helios_backends.wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
+
+CHUNK = 9  # latent frames per Helios chunk
+
+
+def tiny_vae() -> AutoencoderKLWan:
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**TINY_VAE).eval()
+    with torch.no_grad():  # larger than the default init, so no layer is near zero and the clamp bites
+        for p in vae.decoder.parameters():
+            p.mul_(1.5)
+    return vae
+
+
+def latents(frames: int) -> torch.Tensor:
+    return torch.randn(1, 16, frames, 4, 8, generator=torch.Generator().manual_seed(frames))
+
+
+def diffusers_decode(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return vae.decode(z, return_dict=False)[0]
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor):
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_successive_chunks_with_one_cache_equal_diffusers_decoding_the_whole_video_frame_by_frame(chunks):
+    vae = tiny_vae()
+    z = latents(chunks * CHUNK)
+    decoder, cache = WanChunkDecoder(vae), DecoderCache()
+    parts = [decoder(z[:, :, i * CHUNK : (i + 1) * CHUNK], cache) for i in range(chunks)]
+    assert [p.shape[2] for p in parts] == [33] + [36] * (chunks - 1)  # the video's first latent frame gives one frame
+    assert_close(torch.cat(parts, 2), diffusers_decode(vae, z))
+
+
+def test_chunks_of_any_length_even_a_single_frame_continue_the_video_exactly():
+    vae = tiny_vae()
+    z = latents(12)
+    decoder, cache = WanChunkDecoder(vae), DecoderCache()
+    parts = [decoder(z[:, :, a:b], cache) for a, b in ((0, 1), (1, 2), (2, 5), (5, 12))]
+    assert_close(torch.cat(parts, 2), diffusers_decode(vae, z))
+
+
+def test_channels_last_weights_and_activations_decode_the_same_video():
+    vae = tiny_vae()
+    z = latents(2 * CHUNK)
+    want = diffusers_decode(vae, z)
+    to_channels_last(vae)
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    decoder, cache = WanChunkDecoder(vae, channels_last=True), DecoderCache()
+    assert_close(torch.cat([decoder(z[:, :, :CHUNK], cache), decoder(z[:, :, CHUNK:], cache)], 2), want)
+    assert_close(diffusers_decode(vae, z), want)  # diffusers' own decode is unaffected by the layout
+
+
+def test_the_core_decodes_each_chunk_as_a_video_start_like_diffusers_helios_pipelines():
+    vae = tiny_vae()
+    core = WanVAE(vae)
+    z = latents(2 * CHUNK)
+    normalised = (z - core.mean) * core.inv_std
+    for chunk in (normalised[:, :, :CHUNK], normalised[:, :, CHUNK:]):
+        want = diffusers_decode(vae, chunk / core.inv_std + core.mean)
+        assert_close(core.decode(chunk), want)
+
+
+def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys):
+    spec = importlib.util.spec_from_file_location("probe_gpu", Path(__file__).resolve().parents[1] / "bench" / "probe_gpu.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    results = probe.vae_decode(tiny_vae(), (1, 16, 3, 4, 8), "cpu", torch.float32, reps=1)
+    names = ["diffusers frame by frame", "ours chunk-wise", "ours chunk-wise channels_last_3d"]
+    assert all(results[n] > 0 and results[f"{n} diff"] <= 1e-5 for n in names)
+    assert capsys.readouterr().out.count("VAE decode 3 latent frames -> 9 frames 32x64 float32") == 3
