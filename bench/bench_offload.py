@@ -60,7 +60,7 @@ def run_ours(ref, vae, device, mode: str, slots: int, frames: int, prompt, out: 
     torch.cuda.empty_cache()
     graphs = layers is None
     helios = Helios(model, pipeline_config("distilled"), scheduler_config("distilled", 1 / 3, out), None,
-                    WanVAE(vae, cuda_graphs=graphs), cuda_graphs=graphs)
+                    WanVAE(vae, frames_per_call=None if graphs else 1), cuda_graphs=graphs)
     helios.offload, helios.layers = mode, layers
 
     def request(n):

@@ -103,7 +103,9 @@ class Helios:
             parallel.config.validate(transformer.config.num_attention_heads)
         text_device = torch.device("cpu") if offload != "none" else device
         text_encoder = TextEncoder.load(folder, dtype, text_device)
-        vae = WanVAE.load(folder, vae_dtype, device)
+        # Offloaded runs decode a latent frame per pass: the whole-chunk pass's activations
+        # (~8 GiB at 384x640) would be larger than the streamed transformer.
+        vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=1 if offload != "none" else None)
         helios = cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs and layers is None)
         helios.offload = offload
         helios.layers = layers

@@ -78,6 +78,12 @@ def test_the_core_decodes_each_chunk_as_a_video_start_like_diffusers_helios_pipe
         assert_close(core.decode(chunk), want)
 
 
+def test_decoding_a_frame_per_pass_for_low_vram_equals_the_whole_chunk_pass():
+    vae = tiny_vae()
+    z = latents(CHUNK)
+    assert_close(WanVAE(vae, frames_per_call=1).decode(z), WanVAE(vae).decode(z))
+
+
 def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys):
     spec = importlib.util.spec_from_file_location("probe_gpu", Path(__file__).resolve().parents[1] / "bench" / "probe_gpu.py")
     probe = importlib.util.module_from_spec(spec)
