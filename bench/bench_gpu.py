@@ -192,13 +192,14 @@ class Bench:
         self.ours: dict[str, Helios] = {}
         self.theirs = {}
         self.compiled = False
+        self.vae_frames_per_call = args.vae_frames_per_call
 
     # -- the two implementations ------------------------------------------------------------------
 
     def our_pipeline(self, variant: str, fast: bool = True) -> Helios:
         key = f"{variant}-{fast}"
         if key not in self.ours:
-            vae = WanVAE(self.vae)
+            vae = WanVAE(self.vae, frames_per_call=self.vae_frames_per_call)
             transformer = self.fast if fast else self.slow
             self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), None, vae,
                                     cuda_graphs=fast and self.cuda)
@@ -322,6 +323,7 @@ def main():
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--no-mp4", action="store_true", help="ours hands frames out without encoding them")
     parser.add_argument("--gamma", type=float, default=1 / 3, help="pyramid gamma (released: 1/3; CPU fp32 Cholesky needs e.g. 0.3)")
+    parser.add_argument("--vae-frames-per-call", type=int, help="ours: latent frames per VAE decoder pass (default: a whole chunk)")
     parser.add_argument("--size", type=int, nargs=3, metavar=("HEIGHT", "WIDTH", "FRAMES"), help="override every run's size (smoke tests)")
     args = parser.parse_args()
     if args.size:
