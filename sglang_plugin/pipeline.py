@@ -28,6 +28,10 @@ from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYP
 
 from helios_backends.pipeline import Helios
 
+from helios_backends.loading import read_configs
+
+from .offload import core_offload
+from .parallel import worker_parallel_groups
 from .request_mapping import explicit_fields_of, to_generation_request
 
 
@@ -99,15 +103,20 @@ class HeliosCorePipeline(ComposedPipelineBase):
             raise ValueError(f"--disagg-role {role.value}: Helios runs monolithic only (accepted: monolithic)")
 
     def load_modules(self, server_args: ServerArgs, loaded_modules=None) -> dict:
-        """One `Helios` from the folder, in the precisions of the pipeline config."""
+        """One `Helios` from the folder, in the precisions of the pipeline config, on SGLang's
+        process groups (sglang_plugin.parallel) with SGLang's offload settings (sglang_plugin.offload)."""
         folder = maybe_download_model(self.model_path, force_diffusers_model=True, revision=server_args.revision)
         self.model_path = folder
         config = server_args.pipeline_config
+        offload, offload_slots = core_offload(server_args, read_configs(folder).transformer.num_layers)
         helios = Helios.from_pretrained(
             folder,
             device=get_local_torch_device(),
             dtype=PRECISION_TO_TYPE[config.dit_precision],
             vae_dtype=PRECISION_TO_TYPE[config.vae_precision],
+            parallel=worker_parallel_groups(server_args, folder),
+            offload=offload,
+            offload_slots=offload_slots,
         )
         return {"helios": helios}
 
