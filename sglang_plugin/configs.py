@@ -111,6 +111,7 @@ class HeliosCoreSamplingParams(SamplingParams):
     add_noise_to_video_latents: bool | None = None
     prompt_schedule: list[Any] | None = None
     interpolation_steps: int | None = None
+    timeout_s: float | None = None  # time budget for the denoising steps; past it the job fails
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -121,6 +122,14 @@ class HeliosCoreSamplingParams(SamplingParams):
                     f"Helios reads conditioning media only from the request body: send `{body_field}` as "
                     "base64 (this server never opens a path named in a request)",
                 )
+
+    @classmethod
+    def lower_video_request_kwargs(cls, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """No num_frames and no seconds: the checkpoint variant's length (Base/Mid 99, Distilled
+        240), not SGLang's generic fps x 4 s = 96, which its video API fills in otherwise."""
+        if request.num_frames is None and request.seconds is None:
+            kwargs["num_frames"] = None  # build_sampling_params drops None: the field stays unset
+        return kwargs
 
     @classmethod
     def video_request_extra_fields(cls) -> frozenset[str]:

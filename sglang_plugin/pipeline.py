@@ -24,6 +24,7 @@ from sglang.multimodal_gen.runtime.pipelines_core.schedule_batch import OutputBa
 from sglang.multimodal_gen.runtime.pipelines_core.stages.base import PipelineStage
 from sglang.multimodal_gen.runtime.server_args import ServerArgs
 from sglang.multimodal_gen.runtime.utils.hf_diffusers_utils import maybe_download_model
+from sglang.multimodal_gen.runtime.utils.logging_utils import init_logger
 from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYPE
 
 from helios_backends.pipeline import Helios
@@ -33,6 +34,9 @@ from helios_backends.loading import read_configs
 from .offload import core_offload
 from .parallel import worker_parallel_groups
 from .request_mapping import explicit_fields_of, to_generation_request
+
+
+logger = init_logger(__name__)
 
 
 class _HeliosStage(PipelineStage):
@@ -109,12 +113,16 @@ class HeliosCorePipeline(ComposedPipelineBase):
         self.model_path = folder
         config = server_args.pipeline_config
         offload, offload_slots = core_offload(server_args, read_configs(folder).transformer.num_layers)
+        parallel = worker_parallel_groups(server_args, folder)
+        logger.info(
+            "Helios core: offload=%s offload_slots=%d parallel=%s", offload, offload_slots, parallel.config if parallel else None
+        )
         helios = Helios.from_pretrained(
             folder,
             device=get_local_torch_device(),
             dtype=PRECISION_TO_TYPE[config.dit_precision],
             vae_dtype=PRECISION_TO_TYPE[config.vae_precision],
-            parallel=worker_parallel_groups(server_args, folder),
+            parallel=parallel,
             offload=offload,
             offload_slots=offload_slots,
         )
