@@ -58,7 +58,7 @@ def test_prefetch_and_resident_layers_count_as_device_slots(tiny_folders):
 def test_more_device_slots_than_blocks_are_refused_at_start_up(tiny_folders):
     from sglang.multimodal_gen.runtime.server_args import ServerArgs
 
-    with pytest.raises(ValueError, match=r"^--dit-offload-prefetch-size / --dit-layerwise-resident-layers: .* = 4 blocks"):
+    with pytest.raises(ValueError, match=r"^--dit-offload-prefetch-size / --dit-layerwise-resident-layers: .* = 3 blocks on the device, but the transformer has 2"):
         ServerArgs.from_kwargs(model_path=str(tiny_folders["mid"]), dit_layerwise_offload=True, dit_offload_prefetch_size=2)
 
 
