@@ -126,8 +126,9 @@ class HeliosCoreSamplingParams(SamplingParams):
     @classmethod
     def lower_video_request_kwargs(cls, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         """No num_frames and no seconds: the checkpoint variant's length (Base/Mid 99, Distilled
-        240), not SGLang's generic fps x 4 s = 96, which its video API fills in otherwise."""
-        if request.num_frames is None and request.seconds is None:
+        240), not SGLang's generic fps x 4 s = 96, which its video API fills in otherwise (its
+        request model defaults `seconds` to 4, so only a client-sent `seconds` counts)."""
+        if request.num_frames is None and "seconds" not in request.model_fields_set:
             kwargs["num_frames"] = None  # build_sampling_params drops None: the field stays unset
         return kwargs
 
