@@ -190,6 +190,11 @@ VARIANT_DEFAULTS: dict[str, SamplingDefaults] = {
 }
 
 
+def uses_cfg_by_default(variant: str) -> bool:
+    """Whether a variant's recommended settings run classifier-free guidance (Distilled's do not)."""
+    return VARIANT_DEFAULTS[variant].guidance_scale > 1.0
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """model_index.json: the pipeline class and the variant flags."""

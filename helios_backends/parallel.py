@@ -21,6 +21,7 @@ run directly under torchrun. The core never creates groups where an engine has t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +58,41 @@ class ParallelConfig:
             )
 
 
+def engine_parallel_config(
+    ulysses_degree: int, ring_degree: int, cfg_degree: int, num_heads: int, flags: Mapping[str, str], uses_cfg: bool
+) -> ParallelConfig:
+    """The core's ParallelConfig for an engine's degrees, or a start-up ValueError naming the engine's flag.
+
+    flags: "ulysses_degree", "ring_degree", "cfg_degree" -> how the engine spells each setting.
+    uses_cfg: whether the checkpoint's variant runs CFG by default (Distilled does not): a
+    cfg-parallel server for a variant without CFG would fail every default request.
+    """
+    if cfg_degree not in (1, 2):
+        raise ValueError(f"{flags['cfg_degree']}={cfg_degree}: Helios has two CFG branches; accepted: 1 or 2")
+    if cfg_degree == 2 and not uses_cfg:
+        raise ValueError(
+            f"{flags['cfg_degree']}={cfg_degree}: Helios-Distilled runs without CFG (guidance_scale 1.0), so there is "
+            "no second branch to put on another rank; accepted: 1 (use the ranks for --ulysses-degree / --ring-degree)"
+        )
+    config = ParallelConfig(ulysses_degree, ring_degree, cfg_degree == 2)
+    try:
+        config.validate(num_heads)
+    except RequestError as exc:
+        accepted = [d for d in range(1, num_heads + 1) if num_heads % d == 0] if exc.field == "ulysses_degree" else "an integer >= 1"
+        raise ValueError(f"{flags[exc.field]}={getattr(config, exc.field)}: {exc.message}; accepted: {accepted}") from None
+    return config
+
+
 @dataclass
 class ParallelGroups:
-    """Process groups for one rank. Any of them may be None (that dimension is 1)."""
+    """Process groups for one rank. Any of them may be None (that dimension is 1).
+
+    The layout the core expects, whoever builds the groups: the sp group's rank is the token
+    shard (rank r of the sp group holds slice r of the history and of the current tokens); each
+    Ulysses group holds consecutive sp ranks (one ring index), each Ring group the sp ranks with
+    the same Ulysses index, and each cfg group the ranks holding the same shard (cfg rank 0 runs
+    the conditional branch). `from_world` builds exactly that as rank = cfg * SP + ring * U + ulysses.
+    """
 
     config: ParallelConfig
     ulysses: dist.ProcessGroup | None = None
@@ -103,6 +136,30 @@ class ParallelGroups:
             ring=mine["ring"] if r > 1 else None,
             sp=mine["sp"] if sp > 1 else None,
             cfg=mine["cfg"] if cfg_n > 1 else None,
+        )
+
+    @classmethod
+    def from_engine(
+        cls,
+        config: ParallelConfig,
+        world_size: int,
+        ulysses: dist.ProcessGroup | None,
+        ring: dist.ProcessGroup | None,
+        sp: dist.ProcessGroup | None,
+        cfg: dist.ProcessGroup | None,
+    ) -> "ParallelGroups":
+        """Groups an engine already created (the caller vouches for the layout above).
+
+        world_size: the ranks taking part (sp group size x cfg group size); the degrees must
+        multiply to it. Groups of dimensions whose degree is 1 are dropped.
+        """
+        config.validate(world_size=world_size)
+        return cls(
+            config,
+            ulysses=ulysses if config.ulysses_degree > 1 else None,
+            ring=ring if config.ring_degree > 1 else None,
+            sp=sp if config.sp_degree > 1 else None,
+            cfg=cfg if config.cfg_parallel else None,
         )
 
     @property

@@ -16,10 +16,11 @@ from sglang.multimodal_gen.configs.pipeline_configs.model_deployment_config impo
 from sglang.multimodal_gen.configs.sample.sampling_params import SamplingParams
 from sglang.multimodal_gen.configs.task_type import ModelTaskType
 
-from helios_backends.config import VARIANT_DEFAULTS
-from helios_backends.errors import RequestError
-from helios_backends.loading import plan_for_folder
+from helios_backends.config import VARIANT_DEFAULTS, TransformerConfig, uses_cfg_by_default
+from helios_backends.errors import CheckpointError, RequestError
+from helios_backends.loading import plan_for_folder, read_configs
 
+from .offload import core_offload
 from .parallel import check_parallel_settings
 from .request_mapping import HELIOS_FIELDS, explicit_fields_of, to_generation_request
 
@@ -42,11 +43,23 @@ class HeliosCoreConfig(PipelineConfig):
     vae_sp: bool = False
 
     def get_model_deployment_config(self) -> ModelDeploymentConfig:
-        # Keeps SGLang from turning CFG parallel on by itself on multi-GPU machines.
-        return ModelDeploymentConfig(auto_enable_cfg_parallel=False)
+        """SGLang turns CFG parallel on by itself on >= 2 GPUs; only for variants that run CFG.
+
+        Base and Mid guide every default request (CFG 5.0), so their two branches go to two
+        ranks; Distilled has no second branch, so SGLang gives its GPUs to sequence parallel.
+        """
+        try:
+            uses_cfg = uses_cfg_by_default(read_configs(self.model_path).pipeline.variant)
+        except CheckpointError:
+            uses_cfg = False  # not a local Helios folder (a hub name before download): no guess
+        return ModelDeploymentConfig(auto_enable_cfg_parallel=uses_cfg)
 
     def validate_server_args(self, server_args: Any) -> None:
+        """Refuse, at start-up, parallel and offload settings the core cannot honour."""
         check_parallel_settings(server_args)
+        folder = Path(server_args.model_path)
+        num_layers = read_configs(folder).transformer.num_layers if folder.is_dir() else TransformerConfig().num_layers
+        core_offload(server_args, num_layers)
 
     def resolve_task_type(self, requested=None, *, data_type=None, has_image=False, has_video=False):
         if requested is not None and ModelTaskType.parse(requested) in (ModelTaskType.I2V, ModelTaskType.V2V):
@@ -73,7 +86,9 @@ class HeliosCoreSamplingParams(SamplingParams):
     num_frames: int = _DEFAULTS.num_frames
     fps: int = _DEFAULTS.fps
     num_inference_steps: int | None = None
-    guidance_scale: float | None = None
+    # Base/Mid's scale; only a user-set value reaches the core. SGLang reads the default to decide
+    # whether the model "uses CFG" (see HeliosCoreConfig.get_model_deployment_config).
+    guidance_scale: float = _DEFAULTS.guidance_scale
     # Helios' training resolution; SGLang's warm-up renders it and warns about other sizes.
     supported_resolutions: list[tuple[int, int]] | None = field(
         default_factory=lambda: [(_DEFAULTS.width, _DEFAULTS.height)], metadata={"batch_sig_exclude": True}
@@ -96,6 +111,7 @@ class HeliosCoreSamplingParams(SamplingParams):
     add_noise_to_video_latents: bool | None = None
     prompt_schedule: list[Any] | None = None
     interpolation_steps: int | None = None
+    timeout_s: float | None = None  # time budget for the denoising steps; past it the job fails
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,6 +122,15 @@ class HeliosCoreSamplingParams(SamplingParams):
                     f"Helios reads conditioning media only from the request body: send `{body_field}` as "
                     "base64 (this server never opens a path named in a request)",
                 )
+
+    @classmethod
+    def lower_video_request_kwargs(cls, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """No num_frames and no seconds: the checkpoint variant's length (Base/Mid 99, Distilled
+        240), not SGLang's generic fps x 4 s = 96, which its video API fills in otherwise (its
+        request model defaults `seconds` to 4, so only a client-sent `seconds` counts)."""
+        if request.num_frames is None and "seconds" not in request.model_fields_set:
+            kwargs["num_frames"] = None  # build_sampling_params drops None: the field stays unset
+        return kwargs
 
     @classmethod
     def video_request_extra_fields(cls) -> frozenset[str]:

@@ -24,11 +24,19 @@ from sglang.multimodal_gen.runtime.pipelines_core.schedule_batch import OutputBa
 from sglang.multimodal_gen.runtime.pipelines_core.stages.base import PipelineStage
 from sglang.multimodal_gen.runtime.server_args import ServerArgs
 from sglang.multimodal_gen.runtime.utils.hf_diffusers_utils import maybe_download_model
+from sglang.multimodal_gen.runtime.utils.logging_utils import init_logger
 from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYPE
 
 from helios_backends.pipeline import Helios
 
+from helios_backends.loading import read_configs
+
+from .offload import core_offload
+from .parallel import worker_parallel_groups
 from .request_mapping import explicit_fields_of, to_generation_request
+
+
+logger = init_logger(__name__)
 
 
 class _HeliosStage(PipelineStage):
@@ -99,15 +107,24 @@ class HeliosCorePipeline(ComposedPipelineBase):
             raise ValueError(f"--disagg-role {role.value}: Helios runs monolithic only (accepted: monolithic)")
 
     def load_modules(self, server_args: ServerArgs, loaded_modules=None) -> dict:
-        """One `Helios` from the folder, in the precisions of the pipeline config."""
+        """One `Helios` from the folder, in the precisions of the pipeline config, on SGLang's
+        process groups (sglang_plugin.parallel) with SGLang's offload settings (sglang_plugin.offload)."""
         folder = maybe_download_model(self.model_path, force_diffusers_model=True, revision=server_args.revision)
         self.model_path = folder
         config = server_args.pipeline_config
+        offload, offload_slots = core_offload(server_args, read_configs(folder).transformer.num_layers)
+        parallel = worker_parallel_groups(server_args, folder)
+        logger.info(
+            "Helios core: offload=%s offload_slots=%d parallel=%s", offload, offload_slots, parallel.config if parallel else None
+        )
         helios = Helios.from_pretrained(
             folder,
             device=get_local_torch_device(),
             dtype=PRECISION_TO_TYPE[config.dit_precision],
             vae_dtype=PRECISION_TO_TYPE[config.vae_precision],
+            parallel=parallel,
+            offload=offload,
+            offload_slots=offload_slots,
         )
         return {"helios": helios}
 

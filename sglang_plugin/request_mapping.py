@@ -14,7 +14,8 @@ from helios_backends.errors import RequestError
 from helios_backends.media import decode_image, decode_video
 from helios_backends.request import GenerationRequest, parse_prompt_schedule
 
-# SGLang field -> GenerationRequest field, passed on only when the user set it.
+# SGLang field -> GenerationRequest field, passed on only when the user set it (SGLang's own
+# warm-up, which sets no field explicitly, hands on its sizes and step count: WARMUP_FIELDS).
 SHARED_FIELDS = {
     "negative_prompt": "negative_prompt",
     "height": "height",
@@ -24,6 +25,8 @@ SHARED_FIELDS = {
     "guidance_scale": "guidance_scale",
     "max_sequence_length": "max_sequence_length",
 }
+
+WARMUP_FIELDS = frozenset({"height", "width", "num_frames", "num_inference_steps"})
 
 # Helios-only sampling fields (None = the core's default); also the HTTP extra fields.
 HELIOS_FIELDS = (
@@ -44,6 +47,7 @@ HELIOS_FIELDS = (
     "add_noise_to_video_latents",
     "prompt_schedule",
     "interpolation_steps",
+    "timeout_s",
 )
 
 
@@ -79,7 +83,7 @@ def to_generation_request(params: Any, explicit_fields: set[str] | None) -> Gene
         raise RequestError("num_outputs_per_prompt", f"Helios makes one video per prompt (accepted: 1), got {params.num_outputs_per_prompt}")
     values: dict[str, Any] = {"prompt": _prompt(params.prompt), "seed": _seed(params.seed)}
     for ours, theirs in SHARED_FIELDS.items():
-        if explicit_fields is None or ours in explicit_fields:
+        if ours in (WARMUP_FIELDS if explicit_fields is None else explicit_fields):
             values[theirs] = getattr(params, ours)
     for name in HELIOS_FIELDS:
         value = getattr(params, name, None)

@@ -25,7 +25,8 @@ from vllm_omni.errors import OmniClientError
 from helios_backends.errors import GenerationTimeout, RequestError
 from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media import MAX_VIDEO_FRAMES
-from helios_backends.parallel import ParallelConfig, ParallelGroups
+from helios_backends.config import uses_cfg_by_default
+from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_parallel_config
 from helios_backends.pipeline import Helios
 from helios_backends.sampler import Generation
 
@@ -49,10 +50,11 @@ REFUSED_PARALLEL_SETTINGS = {
 PARALLEL_SETTINGS = {**CORE_PARALLEL_SETTINGS, **REFUSED_PARALLEL_SETTINGS}
 
 
-def core_parallel_config(parallel_config, num_heads: int) -> ParallelConfig:
+def core_parallel_config(parallel_config, num_heads: int, uses_cfg: bool = True) -> ParallelConfig:
     """The core's ParallelConfig for vLLM-Omni's parallel settings, or a start-up error naming the flag.
 
-    Ulysses, Ring and CFG-parallel (size 2) map onto the core; every other degree must be 1.
+    Ulysses, Ring and CFG-parallel (size 2, for variants that run CFG) map onto the core; every
+    other degree must be 1.
     """
     for name, flag in REFUSED_PARALLEL_SETTINGS.items():
         degree = int(getattr(parallel_config, name, 1) or 1)
@@ -64,14 +66,11 @@ def core_parallel_config(parallel_config, num_heads: int) -> ParallelConfig:
         if value != default:
             raise ValueError(f"{name}={value!r} ({flag}): not supported by the Helios core; accepted: {default!r}")
     degrees = {name: int(getattr(parallel_config, name, 1) or 1) for name in CORE_PARALLEL_SETTINGS}
-    if degrees["cfg_parallel_size"] not in (1, 2):
-        raise ValueError(f"cfg_parallel_size={degrees['cfg_parallel_size']} (--cfg-parallel-size): accepted: 1 or 2")
-    config = ParallelConfig(degrees["ulysses_degree"], degrees["ring_degree"], degrees["cfg_parallel_size"] == 2)
-    try:
-        config.validate(num_heads)
-    except RequestError as exc:
-        raise ValueError(f"{exc} ({CORE_PARALLEL_SETTINGS.get(exc.field, exc.field)})") from None
-    return config
+    flags = {"ulysses_degree": CORE_PARALLEL_SETTINGS["ulysses_degree"], "ring_degree": CORE_PARALLEL_SETTINGS["ring_degree"],
+             "cfg_degree": CORE_PARALLEL_SETTINGS["cfg_parallel_size"]}
+    return engine_parallel_config(
+        degrees["ulysses_degree"], degrees["ring_degree"], degrees["cfg_parallel_size"], num_heads, flags, uses_cfg
+    )
 
 
 def check_cpu_workers(od_config: OmniDiffusionConfig, config: ParallelConfig) -> None:
@@ -120,14 +119,9 @@ def engine_parallel_groups(config: ParallelConfig) -> ParallelGroups | None:
         return None
     from vllm_omni.diffusion.distributed.parallel_state import get_cfg_group, get_sp_group
 
-    config.validate(world_size=get_cfg_group().world_size * get_sp_group().world_size)
-    sp = get_sp_group()
-    return ParallelGroups(
-        config,
-        ulysses=sp.ulysses_group if config.ulysses_degree > 1 else None,
-        ring=sp.ring_group if config.ring_degree > 1 else None,
-        sp=sp.device_group if config.sp_degree > 1 else None,
-        cfg=get_cfg_group().device_group if config.cfg_parallel else None,
+    sp, cfg = get_sp_group(), get_cfg_group()
+    return ParallelGroups.from_engine(
+        config, cfg.world_size * sp.world_size, ulysses=sp.ulysses_group, ring=sp.ring_group, sp=sp.device_group, cfg=cfg.device_group
     )
 
 
@@ -237,9 +231,11 @@ class HeliosCorePipeline(nn.Module):
     def __init__(self, *, od_config: OmniDiffusionConfig, prefix: str = ""):
         super().__init__()
         self.od_config = od_config
-        num_heads = read_configs(od_config.model).transformer.num_attention_heads
+        configs = read_configs(od_config.model)
         # Refuses, at start-up, what the core cannot run; maps the rest onto the engine's groups.
-        config = core_parallel_config(od_config.parallel_config, num_heads)
+        config = core_parallel_config(
+            od_config.parallel_config, configs.transformer.num_attention_heads, uses_cfg_by_default(configs.pipeline.variant)
+        )
         check_cpu_workers(od_config, config)
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from .conftest import engine_env
 
 
@@ -42,33 +40,3 @@ def test_entry_point_registers_the_plugin_without_the_package_variable(tiny_fold
     result = subprocess.run([sys.executable, "-c", script, str(tiny_folders["mid"])], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "sglang_plugin.pipeline"
-
-
-@pytest.mark.parametrize(
-    ("settings", "flag"),
-    [
-        ({"sp_degree": 2}, "--sp-degree=2:"),
-        ({"ulysses_degree": 2}, "--ulysses-degree=2:"),
-        ({"ring_degree": 2}, "--ring-degree=2:"),
-        ({"tp_size": 2}, "--tp-size=2:"),
-        ({"enable_cfg_parallel": True}, "--enable-cfg-parallel:"),
-        ({"cfg_parallel_degree": 2}, "--cfg-parallel-size:"),
-        ({}, "--sp-degree=2 (chosen by SGLang for --num-gpus 2):"),
-    ],
-    ids=["sp", "ulysses", "ring", "tp", "cfg", "cfg-size", "num-gpus"],
-)
-def test_parallel_settings_are_refused_at_start_up_naming_the_flag(tiny_folders, settings, flag):
-    from sglang.multimodal_gen.runtime.server_args import ServerArgs
-
-    with pytest.raises(ValueError) as error:
-        ServerArgs.from_kwargs(model_path=str(tiny_folders["mid"]), num_gpus=2, **settings)
-    assert str(error.value).startswith(flag), str(error.value)
-
-
-def test_automatic_cfg_parallel_stays_off_for_helios(tiny_folders):
-    """SGLang would enable CFG parallel by itself with >= 2 GPUs for a CFG model; Helios opts out."""
-    from sglang.multimodal_gen.runtime.server_args import ServerArgs
-
-    args = ServerArgs.from_kwargs(model_path=str(tiny_folders["mid"]), num_gpus=2, dp_size=2)
-    assert args.enable_cfg_parallel is False
-    assert (args.sp_degree, args.cfg_parallel_degree) == (1, 1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helios_backends.config import VARIANT_DEFAULTS
 from helios_backends.request import GenerationRequest, PromptSegment
 from helios_backends.video import Mp4Writer, decode_mp4
 
@@ -128,12 +129,21 @@ def test_concurrent_requests_all_complete(server):
     assert not np.array_equal(results[0], results[1])
 
 
-def test_failed_request_is_marked_failed_and_the_next_succeeds(server):
-    """A request that fails after denoising: its frame-interpolation weights cannot be fetched offline."""
-    status, job = server.post_video({"prompt": "a fox", "num_frames": 33, "enable_frame_interpolation": True, **SMALL})
+def test_request_failing_mid_run_is_marked_failed_and_the_next_succeeds(server):
+    """timeout_s passes validation (a positive budget) and fails the job at its first denoising
+    step, after planning and text encoding: the clock has always moved on by more than 1 ns."""
+    status, job = server.post_video({"prompt": "a fox", "num_frames": 33, "timeout_s": 1e-9, **SMALL})
     assert status == 200, job
     failed = server.wait_job(job["id"])
     assert failed["status"] == "failed"
-    assert "RIFE" in failed["error"]["message"]
+    assert "timeout_s: still running after 1e-09 s (0 of" in failed["error"]["message"], failed
     assert server.request("GET", f"/v1/videos/{job['id']}/content")[0] >= 400
     assert server.generate({"prompt": "next one", "num_frames": 33, **SMALL}).shape == (33, HEIGHT, WIDTH, 3)
+
+
+def test_request_without_num_frames_gets_the_variant_length_not_sglangs_96(server, tiny_folders, tmp_path):
+    served = server.generate({"prompt": "a long fox", "seed": 6, **SMALL})
+    request = GenerationRequest(prompt="a long fox", seed=6, height=HEIGHT, width=WIDTH, pyramid_steps=(1, 1, 1))
+    expected = core_frames(tiny_folders[VARIANT], request)
+    assert served.shape == expected.shape == (VARIANT_DEFAULTS[VARIANT].num_frames, HEIGHT, WIDTH, 3)
+    np.testing.assert_array_equal(served, as_served(expected, tmp_path / "ref.mp4"))
