@@ -112,6 +112,9 @@ class HeliosCoreSamplingParams(SamplingParams):
     prompt_schedule: list[Any] | None = None
     interpolation_steps: int | None = None
     timeout_s: float | None = None  # time budget for the denoising steps; past it the job fails
+    # SGLang rounds num_frames to its VAE/GPU alignment (99 -> 97); the core plans Helios' chunks
+    # from the frames asked for, so the request reaches it unchanged.
+    adjust_frames: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
