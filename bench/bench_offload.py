@@ -4,6 +4,8 @@ Distilled [1,1,1], 384x640, each configuration in its own process so its peak me
     python bench/bench_offload.py --out bench/results              # every configuration, then the table
     python bench/bench_offload.py --config ours:layer:2 --out DIR   # one configuration (what the driver runs)
 
+With --folder (e.g. from bench/random_checkpoint.py), folder:none|model|layer:2 load the core
+through `Helios.from_pretrained(offload=...)` and encode a text prompt, as `helios generate` does.
 Configurations: ours none (resident weights, CUDA graphs), ours layer with 2 and 4 slots (blocks
 streamed from pinned host memory, prefetch on a side stream), diffusers' group offloading at
 block level and at leaf level, both with streams (its low-VRAM setting; eager: compilation does
@@ -36,6 +38,8 @@ from helios_backends.request import GenerationRequest  # noqa: E402
 from helios_backends.vae import WanVAE  # noqa: E402
 
 CONFIGS = ("ours:none", "ours:layer:2", "ours:layer:4", "diffusers:block_level", "diffusers:leaf_level")
+# With --folder: the core loaded by Helios.from_pretrained(offload=...), text encoder included.
+FOLDER_CONFIGS = ("folder:none", "folder:model", "folder:layer:2")
 HEIGHT, WIDTH = 384, 640
 
 
@@ -90,17 +94,32 @@ def run_theirs(ref, vae, device, offload_type: str, prompt):
     return request
 
 
-def one(config: str, frames: int, out: Path) -> dict:
+def run_folder(folder: str, device, mode: str, slots: int):
+    """The user's path: `Helios.from_pretrained(folder, offload=mode)` and a text prompt."""
+    helios = Helios.from_pretrained(folder, device=device, dtype="bfloat16", vae_dtype="bfloat16", offload=mode, offload_slots=slots)
+
+    def request(n):
+        req = GenerationRequest(prompt="a red fox running through snow", height=HEIGHT, width=WIDTH, num_frames=n,
+                                pyramid_steps=(1, 1, 1), seed=0)
+        return sum(c.frames.shape[1] for c in helios.stream(req))
+
+    return request
+
+
+def one(config: str, frames: int, out: Path, folder: str | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda")
     impl, mode, *rest = config.split(":")
     t = time.perf_counter()
-    ref, vae = build(device)
-    g = torch.Generator(device=device).manual_seed(1)
-    prompt = torch.randn(1, 512, 4096, device=device, generator=g, dtype=torch.bfloat16)
+    if impl == "folder":
+        ref, request = None, run_folder(folder, device, mode, int(rest[0]) if rest else 2)
+    else:
+        ref, vae = build(device)
+        g = torch.Generator(device=device).manual_seed(1)
+        prompt = torch.randn(1, 512, 4096, device=device, generator=g, dtype=torch.bfloat16)
     if impl == "ours":
         request = run_ours(ref, vae, device, mode, int(rest[0]) if rest else 2, frames, prompt, out)
-    else:
+    elif impl == "diffusers":
         request = run_theirs(ref, vae, device, mode, prompt)
     del ref  # ours: the blocks' device copies go with it (LayerOffload repointed ours to its slots)
     torch.cuda.synchronize()
@@ -124,14 +143,15 @@ def one(config: str, frames: int, out: Path) -> dict:
 
 def table(rows: list[dict], frames: int) -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?"
-    base = next((r["fps"] for r in rows if r.get("config") == "ours:none" and "fps" in r), None)
+    resident = {r["config"].split(":")[0]: r["fps"] for r in rows if r["config"].endswith(":none") and "fps" in r}
     lines = [f"GPU: {gpu}; torch {torch.__version__}; Distilled [1,1,1], 384x640, {frames} frames requested; one process per row",
-             "", "| configuration | frames | wall s | FPS | vs ours resident | peak allocated GiB | peak reserved GiB | warm-up s |",
+             "", "| configuration | frames | wall s | FPS | vs ours resident (same kind) | peak allocated GiB | peak reserved GiB | warm-up s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "fps" not in r:
             lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | |")
             continue
+        base = resident.get(r["config"].split(":")[0], resident.get("ours"))
         rel = f"{r['fps'] / base:.2f}x" if base else "-"
         lines.append(f"| {r['config']} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {rel} | {r['peak_gib']:.2f} | "
                      f"{r['reserved_gib']:.2f} | {r['warmup_s']:.1f} |")
@@ -140,8 +160,9 @@ def table(rows: list[dict], frames: int) -> str:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", choices=CONFIGS, help="run one configuration in this process")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--config", choices=CONFIGS + FOLDER_CONFIGS, help="run one configuration in this process")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS + FOLDER_CONFIGS)
+    parser.add_argument("--folder", help="a Helios folder for the folder:* configurations")
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
     parser.add_argument("--out", default="bench/results")
@@ -149,11 +170,12 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.config:
-        one(args.config, args.frames, out)
+        one(args.config, args.frames, out, args.folder)
         return
     rows = []
     for config in args.configs:
         cmd = [sys.executable, __file__, "--config", config, "--frames", str(args.frames), "--out", str(out)]
+        cmd += ["--folder", args.folder] if args.folder else []
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
