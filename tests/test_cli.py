@@ -115,7 +115,23 @@ def test_bad_options_give_one_line_naming_the_option(checkpoints, capsys, tmp_pa
     if not torch.cuda.is_available():
         assert "--device: device 'cuda': no CUDA GPU is available" in cli_error(capsys, *m, "--device", "cuda")
     assert "--device: device 'npu'" in cli_error(capsys, *m, "--device", "npu")
+    assert "--vae-frames-per-call: must be >= 0" in cli_error(capsys, *m, "--vae-frames-per-call", "-1")
     assert not list(tmp_path.glob("*.mp4.partial"))
+
+
+def test_whole_chunk_vae_decode_gives_the_same_frames_within_rounding(checkpoints, tmp_path):
+    from helios_backends.pipeline import Helios
+    from helios_backends.request import GenerationRequest
+
+    folder, _ = checkpoints["distilled"]
+    out = tmp_path / "lake.mp4"
+    assert main(["generate", "--model", str(folder), "--prompt", "a lake", "--height", str(HEIGHT), "--width", str(WIDTH),
+                 "--num-frames", "33", "--pyramid-steps", "1", "1", "1", "--vae-frames-per-call", "0", "--output", str(out)]) == 0
+    assert decode_mp4(out).shape == (33, HEIGHT, WIDTH, 3)
+    req = GenerationRequest(prompt="a lake", height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(1, 1, 1))
+    frame_wise, chunk_wise = (torch.cat([c.frames for c in Helios.from_pretrained(folder, vae_frames_per_call=n).stream(req)], 1).int()
+                              for n in (1, None))
+    assert (frame_wise - chunk_wise).abs().max() <= 1
 
 
 def test_a_failed_write_leaves_no_mp4_behind(tmp_path):
