@@ -80,6 +80,11 @@ async def read_body(receive: Receive, limit: int) -> tuple[list[Message], bool]:
             return messages, False
 
 
+async def end_of_body() -> Message:
+    """What a receive yields once a complete body has been read."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 def replay(messages: list[Message], receive: Receive) -> Receive:
     """A receive that yields the buffered messages first, then the rest of the stream."""
     pending = list(messages)
@@ -154,13 +159,8 @@ class HeliosRequestCheck:
 
     @staticmethod
     async def check(scope: Scope, messages: list[Message], folder: Path) -> RequestError | None:
-        pending = list(messages)
-
-        async def receive() -> Message:
-            return pending.pop(0) if pending else {"type": "http.request", "body": b"", "more_body": False}
-
         try:
-            form = await Request(scope, receive).form(max_part_size=MAX_CHECKED_BODY)
+            form = await Request(scope, replay(messages, end_of_body)).form(max_part_size=MAX_CHECKED_BODY)
         except Exception:  # a malformed form: the route answers it with its own error
             return None
         try:
