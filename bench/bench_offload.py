@@ -56,7 +56,7 @@ def build(device):
     return ref.eval(), vae
 
 
-def run_ours(ref, vae, device, mode: str, slots: int, frames: int, prompt, out: Path):
+def run_ours(ref, vae, device, mode: str, slots: int, prompt, out: Path):
     config = TransformerConfig(**{k: v for k, v in ref.config.items() if not k.startswith("_")})
     model = share_weights(ref, config, default_ops(device))
     model.fuse_projections()
@@ -64,7 +64,7 @@ def run_ours(ref, vae, device, mode: str, slots: int, frames: int, prompt, out: 
     torch.cuda.empty_cache()
     graphs = layers is None
     helios = Helios(model, pipeline_config("distilled"), scheduler_config("distilled", 1 / 3, out), None,
-                    WanVAE(vae, frames_per_call=None if graphs else 1), cuda_graphs=graphs)
+                    WanVAE(vae), cuda_graphs=graphs)
     helios.offload, helios.layers = mode, layers
 
     def request(n):
@@ -111,16 +111,14 @@ def one(config: str, frames: int, out: Path, folder: str | None = None) -> dict:
     device = torch.device("cuda")
     impl, mode, *rest = config.split(":")
     t = time.perf_counter()
+    slots = int(rest[0]) if rest else 2
     if impl == "folder":
-        ref, request = None, run_folder(folder, device, mode, int(rest[0]) if rest else 2)
+        ref, request = None, run_folder(folder, device, mode, slots)
     else:
         ref, vae = build(device)
         g = torch.Generator(device=device).manual_seed(1)
         prompt = torch.randn(1, 512, 4096, device=device, generator=g, dtype=torch.bfloat16)
-    if impl == "ours":
-        request = run_ours(ref, vae, device, mode, int(rest[0]) if rest else 2, frames, prompt, out)
-    elif impl == "diffusers":
-        request = run_theirs(ref, vae, device, mode, prompt)
+        request = run_ours(ref, vae, device, mode, slots, prompt, out) if impl == "ours" else run_theirs(ref, vae, device, mode, prompt)
     del ref  # ours: the blocks' device copies go with it (LayerOffload repointed ours to its slots)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()

@@ -14,15 +14,15 @@ class WanVAE:
     """Encode with diffusers' AutoencoderKLWan; decode a chunk per layer call with WanChunkDecoder.
 
     channels_last: store the decoder's conv weights and run its activations channels-last.
-    frames_per_call: decode at most this many latent frames per decoder pass (None: a whole
-    chunk at once, fastest; 1: diffusers' frame-at-a-time peak, ~1/9 of the activations, for
-    low-VRAM runs). The output is the same either way: the causal cache carries across passes.
+    frames_per_call: decode at most this many latent frames per decoder pass (1, the default:
+    diffusers' frame-at-a-time peak, ~1/9 of the activations; None: a whole chunk at once,
+    fastest). The video is the same within rounding: the causal cache carries across passes.
     """
 
     temporal_factor = 4
     spatial_factor = 8
 
-    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_call: int | None = None):
+    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_call: int | None = 1):
         self.model = model
         self.frames_per_call = frames_per_call
         if channels_last:
@@ -36,7 +36,7 @@ class WanVAE:
 
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, channels_last: bool = False,
-             frames_per_call: int | None = None) -> "WanVAE":
+             frames_per_call: int | None = 1) -> "WanVAE":
         model = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
         return cls(model.eval().requires_grad_(False), channels_last, frames_per_call)
 
