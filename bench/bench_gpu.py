@@ -188,7 +188,6 @@ class Bench:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.cuda = self.device.type == "cuda"
         self.gamma = args.gamma
-        self.write_mp4 = not args.no_mp4
         self.ours: dict[str, Helios] = {}
         self.theirs = {}
         self.compiled = False
@@ -226,13 +225,19 @@ class Bench:
         return GenerationRequest(prompt="(embeddings given)", height=run.height, width=run.width, num_frames=frames or run.frames,
                                  guidance_scale=run.guidance, seed=0, **steps)
 
-    def run_ours(self, run: Run, frames: int | None = None, fast: bool = True, write_mp4: bool | None = None) -> dict:
+    def run_ours(self, run: Run, frames: int | None = None, fast: bool = True, write_mp4: bool = True,
+                 schedule: str = "overlap") -> dict:
+        """schedule: how the decode shares the GPU with the next chunk's steps. overlap: the core's
+        side stream; serial: decode on the denoising stream; priority: the side stream, with the
+        steps on a high-priority stream so decode kernels only fill SMs the steps leave idle."""
         helios = self.our_pipeline(run.variant, fast)
+        helios._decode_stream = torch.cuda.current_stream() if schedule == "serial" and self.cuda else None
+        denoise_stream = torch.cuda.Stream(priority=-1) if schedule == "priority" and self.cuda else None
         t_model, t_vae = Timer(self.device, sync=False), Timer(self.device, sync=False)
         denoiser, decode = helios.denoiser, helios.vae._decode
         helios.vae._decode = t_vae.wrap(decode)
         writer = None
-        if self.write_mp4 if write_mp4 is None else write_mp4:
+        if write_mp4:
             from helios_backends.video import Mp4Writer
 
             writer = Mp4Writer(self.tmp / "ours.mp4", run.width, run.height, 24)
@@ -241,6 +246,9 @@ class Bench:
             torch.cuda.reset_peak_memory_stats()
         latents, first, first_frames, out_frames = [], None, None, 0
         try:
+            if denoise_stream is not None:
+                denoise_stream.wait_stream(torch.cuda.current_stream())
+                torch.cuda.set_stream(denoise_stream)
             start = time.perf_counter()
             gen = helios.start(self.request(run, frames), prompt_embeds=self.prompt, negative_prompt_embeds=self.negative)
             gen.transformer = _TimedDenoiser(denoiser, t_model)
@@ -257,10 +265,16 @@ class Bench:
                 writer = None
             wall = time.perf_counter() - start
         finally:
+            if denoise_stream is not None:
+                torch.cuda.current_stream().synchronize()
+                torch.cuda.set_stream(torch.cuda.default_stream())
+            helios._decode_stream = None
             helios.vae._decode = decode
             if writer is not None:
                 writer.close(discard=True)
-        row = self._row("ours", run, wall, out_frames, t_model, t_vae, first, torch.cat(latents, 2).float().cpu())
+        notes = [n for n in (schedule if schedule != "overlap" else "", "" if write_mp4 else "no mp4") if n]
+        impl = f"ours ({', '.join(notes)})" if notes else "ours"
+        row = self._row(impl, run, wall, out_frames, t_model, t_vae, first, torch.cat(latents, 2).float().cpu())
         row["first_frames"] = first_frames
         return row
 
@@ -321,9 +335,11 @@ def main():
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--runs", nargs="+", default=["check", "distilled-111", "distilled-222", "distilled-1452"])
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--no-mp4", action="store_true", help="ours hands frames out without encoding them")
     parser.add_argument("--gamma", type=float, default=1 / 3, help="pyramid gamma (released: 1/3; CPU fp32 Cholesky needs e.g. 0.3)")
     parser.add_argument("--vae-frames-per-call", type=int, help="ours: latent frames per VAE decoder pass (default: a whole chunk)")
+    parser.add_argument("--ours", nargs="+", default=["overlap"],
+                        choices=[f"{s}{m}" for s in ("overlap", "serial", "priority") for m in ("", "+no-mp4")],
+                        help="ours: one timed run each: decode schedule (see Bench.run_ours), +no-mp4 hands frames out unencoded")
     parser.add_argument("--size", type=int, nargs=3, metavar=("HEIGHT", "WIDTH", "FRAMES"), help="override every run's size (smoke tests)")
     args = parser.parse_args()
     if args.size:
@@ -366,7 +382,9 @@ def main():
             t = time.perf_counter()
             fn(run, frames=33)  # warm-up: graph capture (ours), compilation (diffusers)
             warm[impl] = time.perf_counter() - t
-        for impl, fn in (("ours", bench.run_ours), ("diffusers", bench.run_theirs)):
+        timed = [(lambda r, o=o: bench.run_ours(r, schedule=o.split("+")[0], write_mp4=not o.endswith("+no-mp4")), "ours")
+                 for o in args.ours]
+        for fn, impl in timed + [(bench.run_theirs, "diffusers")]:
             row = fn(run)
             row["warmup"] = warm[impl]
             rows.append(row)
@@ -385,16 +403,14 @@ def write_results(bench, rows, notes, args):
     for r in rows:
         by_run.setdefault(r["run"], {})[r["impl"]] = r
     for run, impls in by_run.items():
-        ratio = impls["ours"]["fps"] / impls["diffusers"]["fps"] if len(impls) == 2 else float("nan")
-        for impl in ("ours", "diffusers"):
-            r = impls.get(impl)
-            if r is None:
-                continue
+        theirs = impls.get("diffusers")
+        for impl, r in sorted(impls.items(), key=lambda kv: kv[0] == "diffusers"):
+            ratio = r["fps"] / theirs["fps"] if theirs is not None and impl != "diffusers" else None
             first = "-" if r["first_chunk"] is None else f"{r['first_chunk']:.2f}"
             lines.append(
                 f"| {run} | {impl} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {r['transformer']:.2f} ({r['transformer_calls']}) "
                 f"| {r['vae']:.2f} ({r['vae_calls']}) | {first} | {r['warmup']:.1f} | {r['peak_gib']:.1f} | "
-                f"{f'{ratio:.2f}x' if impl == 'ours' else ''} |"
+                f"{'' if ratio is None else f'{ratio:.2f}x'} |"
             )
     lines += [""] + [f"- {n}" for n in notes]
     text = "\n".join(lines) + "\n"

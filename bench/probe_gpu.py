@@ -59,7 +59,8 @@ def wall_time(fn, device: torch.device, reps: int) -> float:
 
 def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=torch.bfloat16, reps=3) -> dict[str, float]:
     """A video's first chunk (9 latent frames -> 33 frames at 384x640): diffusers' frame-by-frame
-    decode vs WanChunkDecoder (contiguous and channels_last_3d). Returns seconds and max abs diffs."""
+    decode vs WanChunkDecoder (whole chunk; its full-resolution tail 1 or 2 latent frames per pass;
+    channels_last_3d). Returns seconds and max abs diffs."""
     from diffusers import AutoencoderKLWan
 
     from helios_backends.wan_decoder import WanChunkDecoder, to_channels_last
@@ -88,6 +89,9 @@ def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=t
         measure("diffusers frame by frame", lambda: vae.decode(z, return_dict=False)[0])
         ours = WanChunkDecoder(vae)
         measure("ours chunk-wise", lambda: ours(z))
+        for n in (1, 2):
+            grouped = WanChunkDecoder(vae, frames_per_pass=n)
+            measure(f"ours, tail {n} latent frame{'s' if n > 1 else ''} per pass", lambda: grouped(z))
         to_channels_last(vae)  # in place, so after the default-layout runs
         ours_channels_last = WanChunkDecoder(vae, channels_last=True)
         measure("ours chunk-wise channels_last_3d", lambda: ours_channels_last(z))

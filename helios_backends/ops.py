@@ -10,8 +10,9 @@ R = 1 (every token alike) or R = 2 (the first `split` tokens take row 0, the res
 apply the rows to token slices instead of materialising a (B, L, D) tensor per block.
 
 The interface: attention, norm_rope (q/k RMSNorm over all heads + interleaved RoPE, fused by the
-Triton backend), rms_norm, rope, layer_norm, modulated_norm, gated_residual, and the token
-sharding hooks shard_tokens / gather_tokens that sequence parallelism overrides.
+Triton backend), rms_norm, rope, layer_norm, modulated_norm, gated_residual, linear_gelu (the
+feed-forward's first layer), and the token sharding hooks shard_tokens / gather_tokens that
+sequence parallelism overrides.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class TorchOps:
         for tokens, g in _rows(gate, split, x.shape[1]):
             out[:, tokens] = (x[:, tokens].float() + y[:, tokens].float() * g).to(x.dtype)
         return out
+
+    def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """GELU (tanh approximation) of a linear layer."""
+        return F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate interleaved pairs (x[2i], x[2i+1]) of each head; cos/sin are (B, L, head_dim/2)."""

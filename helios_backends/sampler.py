@@ -59,7 +59,7 @@ def block_noise(shape, gamma: float, patch_hw: tuple[int, int], generator, devic
     ph, pw = patch_hw
     n = ph * pw
     cov = torch.eye(n, dtype=torch.float64) * (1 + gamma) - torch.ones(n, n, dtype=torch.float64) * gamma
-    chol = torch.linalg.cholesky(cov + torch.eye(n, dtype=torch.float64) * 1e-8).float().to(device)
+    chol = torch.linalg.cholesky(cov + torch.eye(n, dtype=torch.float64) * 1e-8).float().to(device, non_blocking=True)
     z = randn((b * c * t * (h // ph) * (w // pw), n), generator, device)
     noise = (z @ chol.T).view(b, c, t, h // ph, w // pw, ph, pw)
     return noise.permute(0, 1, 2, 3, 5, 4, 6).reshape(b, c, t, h, w)
@@ -261,7 +261,7 @@ class Generation:
     def _predict(self) -> torch.Tensor:
         t = self._schedule.timesteps[self.step_in_stage]
         b = self._latents.shape[0]
-        timestep = t.expand(b).to(self.device)
+        timestep = t.expand(b).to(self.device, non_blocking=True)  # pageable: staged at once, no GPU drain
         if self.pipeline.is_pyramid:
             timestep = timestep.to(torch.int64)
         x = self._latents.to(self.dtype)

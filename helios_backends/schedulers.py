@@ -127,24 +127,25 @@ class DMDStepper:
         self.schedule = schedule
         self.start = start
         self.index = 0
+        # Device copies made once per stage (non-blocking: the CPU tensors are pageable, so the
+        # copy is staged at once), so a step never waits for the GPU to drain.
+        self.timesteps = schedule.timesteps.to(start.device, non_blocking=True)
+        self.sigmas = schedule.sigmas.to(start.device, non_blocking=True)
 
-    def _sigma_at(self, t, batch: int, device) -> torch.Tensor:
-        t = torch.full((batch,), t, dtype=torch.long, device=device)
-        timesteps = self.schedule.timesteps.to(device)
-        idx = torch.argmin((timesteps.double().unsqueeze(0) - t.unsqueeze(1)).abs(), dim=1)
-        return idx
+    def _sigma_at(self, t, batch: int) -> torch.Tensor:
+        t = torch.full((batch,), t, dtype=torch.long, device=self.timesteps.device)
+        return torch.argmin((self.timesteps.double().unsqueeze(0) - t.unsqueeze(1)).abs(), dim=1)
 
     def step(self, flow: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        b, dev = flow.shape[0], flow.device
+        b = flow.shape[0]
         i = self.index
-        timesteps = self.schedule.timesteps
-        sigmas = self.schedule.sigmas.to(dev)
-        idx = self._sigma_at(timesteps[i], b, dev)
+        timesteps, sigmas = self.schedule.timesteps, self.sigmas
+        idx = self._sigma_at(timesteps[i], b)
         x0 = (sample.double() - sigmas.double()[idx].reshape(-1, 1, 1, 1, 1) * flow.double()).to(flow.dtype)
         self.index += 1
         if i >= len(timesteps) - 1:
             return x0
-        sigma = sigmas[self._sigma_at(timesteps[i + 1], b, dev)].reshape(-1, 1, 1, 1, 1)
+        sigma = sigmas[self._sigma_at(timesteps[i + 1], b)].reshape(-1, 1, 1, 1, 1)
         return ((1 - sigma) * x0 + sigma * self.start).type_as(self.start)
 
 

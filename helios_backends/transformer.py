@@ -232,8 +232,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.net = nn.ModuleList([GeluProj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
 
-    def forward(self, x):
-        return self.net[2](F.gelu(self.net[0].proj(x), approximate="tanh"))
+    def forward(self, ops, x):
+        up = self.net[0].proj
+        return self.net[2](ops.linear_gelu(x, up.weight, up.bias))
 
 
 class LayerNormParams(nn.Module):
@@ -267,15 +268,15 @@ class Block(nn.Module):
         h = ops.modulated_norm(x, shift, scale, split, self.eps)
         x = ops.gated_residual(x, self.attn1(ops, h, rope=rope, history_len=history_len), gate, split)
 
-        # Guidance cross-attention: only the current chunk's tokens read the text.
+        # Guidance cross-attention: only the current chunk's tokens read the text. In place: x is
+        # gated_residual's fresh output, so no [history, current] concatenation is needed.
         start = history_len if self.guidance_cross_attn else 0
         cur = x[:, start:]
         normed = cur if self.norm2 is None else ops.layer_norm(cur, self.norm2.weight, self.norm2.bias, self.eps)
-        cur = cur + self.attn2(ops, normed, kv=text_kv)
-        x = torch.cat([x[:, :start], cur], dim=1) if start > 0 else cur
+        cur += self.attn2(ops, normed, kv=text_kv)
 
         h = ops.modulated_norm(x, c_shift, c_scale, split, self.eps)
-        return ops.gated_residual(x, self.ffn(h), c_gate, split)
+        return ops.gated_residual(x, self.ffn(ops, h), c_gate, split)
 
 
 class OutputNorm(nn.Module):

@@ -2,7 +2,9 @@
 
 `Mp4Writer` encodes on a background thread, so the CPU-side encoding of chunk k-1 overlaps the
 denoising and VAE decode of chunk k, and writes to a temporary name that becomes the output only
-when the file is complete: a failed run never leaves a broken mp4 behind.
+when the file is complete: a failed run never leaves a broken mp4 behind. x264 runs tuned for
+streaming (veryfast, zerolatency: no lookahead), so each chunk is encoded as it arrives and the
+file is complete right after the last chunk, rather than after a lookahead backlog.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Mp4Writer:
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(crf)}
+        self._stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._encode_loop, daemon=True)

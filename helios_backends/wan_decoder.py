@@ -8,6 +8,12 @@ the video starts), per-frame ops (norms, attention, spatial resampling) are batc
 The state between chunks lives in a `DecoderCache`, so decoding chunk after chunk with one cache
 equals decoding the concatenated latents frame by frame in diffusers.
 
+Memory: a whole chunk at full resolution holds ~8.5 GiB of bf16 activations at 384x640, so the
+full-resolution tail (the up blocks after the last temporal upsampling, the output conv) can run
+on a few latent frames' worth of video frames at a time, one group after another on the same
+cache. The low-resolution head, where per-frame calls would be launch-bound, always takes the
+whole chunk. Causality makes the grouping invisible in the output.
+
 The diffusers modules' own parameters are used; nothing is copied.
 """
 
@@ -67,15 +73,21 @@ class WanChunkDecoder:
 
     T = 4t - 3 for the first chunk of a video (its first latent frame gives one frame), else 4t.
     `channels_last` runs the activations in channels_last_3d (call `to_channels_last` on the
-    model too, or cuDNN transposes the weights on every call).
+    model too, or cuDNN transposes the weights on every call). `frames_per_pass` latent frames'
+    video frames go through the full-resolution tail together (None: the whole chunk).
     """
 
-    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False):
+    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_pass: int | None = None):
         cfg = model.config
         if cfg.is_residual or cfg.patch_size is not None:
             raise NotImplementedError("only the Wan-2.1 VAE decoder (is_residual=False, no patch_size) is supported")
         self.model = model
         self.channels_last = channels_last
+        self.frames_per_pass = frames_per_pass
+        blocks = model.decoder.up_blocks
+        temporal = [i for i, b in enumerate(blocks) if b.upsamplers is not None and b.upsamplers[0].mode == "upsample3d"]
+        self.tail_start = temporal[-1] + 1 if temporal else 0  # the first up block after the last time upsampling
+        self.time_factor = 2 ** len(temporal)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
@@ -90,12 +102,25 @@ class WanChunkDecoder:
         for attn, resnet in zip(dec.mid_block.attentions, dec.mid_block.resnets[1:]):
             x = attn(x)  # per frame already: batched over the chunk's frames
             x = self._resnet(resnet, x, cache)
-        for block in dec.up_blocks:
+        for block in dec.up_blocks[: self.tail_start]:
             x = self._up_block(block, x, cache, first)
-        x = dec.nonlinearity(dec.norm_out(x))
-        x = self._conv(dec.conv_out, x, cache)
+        groups = self._tail_groups(z.shape[2], first)
+        out = torch.cat([self._tail(part, cache) for part in x.split(groups, dim=2)], dim=2)
         cache.started = True
-        return x.clamp_(-1.0, 1.0)
+        return out.clamp_(-1.0, 1.0)
+
+    def _tail_groups(self, latent_frames: int, first: bool) -> list[int]:
+        """Video frames per tail pass: `frames_per_pass` latent frames each (a video's first latent
+        frame gives one frame, the others `time_factor`)."""
+        per_latent = [1 if first and i == 0 else self.time_factor for i in range(latent_frames)]
+        n = self.frames_per_pass or latent_frames
+        return [sum(per_latent[i : i + n]) for i in range(0, latent_frames, n)]
+
+    def _tail(self, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        dec = self.model.decoder
+        for block in dec.up_blocks[self.tail_start :]:
+            x = self._up_block(block, x, cache, first=False)  # no temporal upsampling left
+        return self._conv(dec.conv_out, dec.nonlinearity(dec.norm_out(x)), cache)
 
     @staticmethod
     def _conv(conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:

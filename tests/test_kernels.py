@@ -65,6 +65,28 @@ def test_qk_rmsnorm_fused_with_interleaved_rope_matches_torch(fused, dtype, with
     torch.testing.assert_close(got, REF.norm_rope(x, w, 1e-6, heads, rope), **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qk_norm_reads_q_and_k_in_place_from_the_fused_qkv_output(fused, dtype):
+    g = torch.Generator().manual_seed(5)
+    heads, hd, length = 4, 16, 10
+    qkv = (torch.randn(2, length, 3 * heads * hd, generator=g) * 2).to(dtype)
+    q, k, _ = qkv.chunk(3, dim=-1)
+    assert not q.is_contiguous()
+    w = torch.randn(heads * hd, generator=g).to(dtype)
+    angles = torch.randn(1, length, hd // 2, generator=g)
+    rope = Rope(angles.cos(), angles.sin())
+    for part in (q, k):
+        torch.testing.assert_close(fused.norm_rope(part, w, 1e-6, heads, rope), REF.norm_rope(part.contiguous(), w, 1e-6, heads, rope), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_affine_layernorm_on_the_modulated_kernel_matches_torch(fused, dtype):
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(2, 12, 96, generator=g) * 3 + 1).to(dtype)
+    weight, bias = torch.randn(96, generator=g) * 2, torch.randn(96, generator=g)
+    torch.testing.assert_close(fused.layer_norm(x, weight, bias, 1e-6), REF.layer_norm(x, weight, bias, 1e-6), **tol(dtype))
+
+
 def test_whole_run_on_fused_kernels_equals_the_torch_reference(checkpoints, cores, fused):
     folder, _ = checkpoints["mid"]
     reference = cores["mid"]

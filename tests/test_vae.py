@@ -84,11 +84,23 @@ def test_decoding_a_frame_per_pass_for_low_vram_equals_the_whole_chunk_pass():
     assert_close(WanVAE(vae, frames_per_call=1).decode(z), WanVAE(vae, frames_per_call=None).decode(z))
 
 
+@pytest.mark.parametrize("frames_per_pass", [1, 2, 4])
+def test_the_full_resolution_tail_in_frame_groups_continues_the_video_exactly(frames_per_pass):
+    vae = tiny_vae()
+    z = latents(2 * CHUNK)
+    decoder, cache = WanChunkDecoder(vae, frames_per_pass=frames_per_pass), DecoderCache()
+    first_groups = decoder._tail_groups(CHUNK, first=True)
+    assert sum(first_groups) == 33 and first_groups[0] == 1 + 4 * (frames_per_pass - 1)
+    parts = [decoder(z[:, :, :CHUNK], cache), decoder(z[:, :, CHUNK:], cache)]
+    assert_close(torch.cat(parts, 2), diffusers_decode(vae, z))
+
+
 def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys):
     spec = importlib.util.spec_from_file_location("probe_gpu", Path(__file__).resolve().parents[1] / "bench" / "probe_gpu.py")
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     results = probe.vae_decode(tiny_vae(), (1, 16, 3, 4, 8), "cpu", torch.float32, reps=1)
-    names = ["diffusers frame by frame", "ours chunk-wise", "ours chunk-wise channels_last_3d"]
+    names = ["diffusers frame by frame", "ours chunk-wise", "ours, tail 1 latent frame per pass", "ours, tail 2 latent frames per pass",
+             "ours chunk-wise channels_last_3d"]
     assert all(results[n] > 0 and results[f"{n} diff"] <= 1e-5 for n in names)
-    assert capsys.readouterr().out.count("VAE decode 3 latent frames -> 9 frames 32x64 float32") == 3
+    assert capsys.readouterr().out.count("VAE decode 3 latent frames -> 9 frames 32x64 float32") == len(names)

@@ -57,20 +57,22 @@ def _gated_residual(
 @triton.jit
 def _rmsnorm_rope(
     x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
-    n_rows, L, D, half_head, eps,
+    n_rows, L, D, x_row_stride, half_head, eps,
     HAS_ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """RMSNorm over all heads of a q or k row, then RoPE on each head's interleaved pairs.
 
     Pair p of the row is (x[2p], x[2p+1]); its angle is that of pair p % (head_dim/2) of the
     token's position (cos/sin tables are (L, head_dim/2), shared by the batch and the heads).
+    Input rows are `x_row_stride` apart, so q and k are read in place from the fused QKV output.
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     pairs = tl.arange(0, BLOCK_P)
     mask = (rows < n_rows)[:, None] & (pairs < D // 2)[None, :]
-    even = rows[:, None] * D + 2 * pairs[None, :]
-    xe = tl.load(x_ptr + even, mask=mask, other=0.0).to(tl.float32)
-    xo = tl.load(x_ptr + even + 1, mask=mask, other=0.0).to(tl.float32)
+    even_in = rows[:, None].to(tl.int64) * x_row_stride + 2 * pairs[None, :]
+    even = rows[:, None].to(tl.int64) * D + 2 * pairs[None, :]
+    xe = tl.load(x_ptr + even_in, mask=mask, other=0.0).to(tl.float32)
+    xo = tl.load(x_ptr + even_in + 1, mask=mask, other=0.0).to(tl.float32)
     rstd = 1.0 / tl.sqrt((tl.sum(xe * xe, axis=1) + tl.sum(xo * xo, axis=1)) / D + eps)
     pcols = 2 * pairs
     we = tl.load(w_ptr + pcols, mask=pairs < D // 2, other=0.0).to(tl.float32)

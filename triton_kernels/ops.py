@@ -69,14 +69,28 @@ class TritonOps(TorchOps):
         _gated_residual[(triton.cdiv(n, bm),)](x, y, gate, out, n, length, d, split, r, BLOCK_M=bm, BLOCK_D=triton.next_power_of_2(d))
         return out
 
+    def layer_norm(self, x, weight, bias, eps):
+        """The affine LayerNorm is the modulated one with shift = bias, scale = weight - 1."""
+        if weight is None or bias is None or not _launchable(x):
+            return super().layer_norm(x, weight, bias, eps)
+        shift, scale = bias.float().view(1, 1, -1), (weight.float() - 1).view(1, 1, -1)
+        return self.modulated_norm(x, shift, scale, 0, eps)
+
+    def linear_gelu(self, x, weight, bias):
+        """GELU(tanh) in the GEMM's epilogue (cuBLASLt) instead of a pass over the hidden states."""
+        if not x.is_cuda:
+            return super().linear_gelu(x, weight, bias)
+        return torch._addmm_activation(bias, x.flatten(0, -2), weight.t(), use_gelu=True).unflatten(0, x.shape[:-1])
+
     def norm_rope(self, x, weight, eps, heads, rope):
         """Fused q/k RMSNorm (over all heads) + interleaved RoPE: (B, L, H*hd) -> (B, L, H, hd)."""
         tables_ok = rope is None or (rope.cos.shape[0] == 1 and _launchable(rope.cos))
         if not (_launchable(x) and tables_ok):
             return super().norm_rope(x, weight, eps, heads, rope)
-        x = x.contiguous()
         b, length, d = x.shape
-        out = torch.empty_like(x)
+        if x.stride(2) != 1 or x.stride(0) != length * x.stride(1):  # rows not evenly spaced
+            x = x.contiguous()
+        out = torch.empty((b, length, d), dtype=x.dtype, device=x.device)
         half_head = d // heads // 2
         cos = sin = x  # unused when HAS_ROPE is False
         if rope is not None:
@@ -84,7 +98,7 @@ class TritonOps(TorchOps):
         bp = triton.next_power_of_2(d // 2)
         bm = block_rows(d // 2)
         _rmsnorm_rope[(triton.cdiv(b * length, bm),)](
-            x, weight.contiguous(), cos, sin, out, b * length, length, d, half_head, eps,
+            x, weight.contiguous(), cos, sin, out, b * length, length, d, x.stride(1), half_head, eps,
             HAS_ROPE=rope is not None, BLOCK_M=bm, BLOCK_P=bp,
         )
         return out.unflatten(2, (heads, -1))

@@ -1,0 +1,63 @@
+"""The CUDA-only fast path on a tiny checkpoint (run on a GPU: `scripts/test-gpu`; CI has none).
+
+Names say GPU: these need a CUDA device and are not part of the CPU suites.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helios_backends.ops import TorchOps
+from helios_backends.pipeline import Helios
+from helios_backends.request import GenerationRequest
+
+from ..conftest import HEIGHT, WIDTH, relative_error
+
+if not torch.cuda.is_available():
+    pytest.fail("tests/gpu needs a CUDA device (CI runs the CPU suites only)", pytrace=False)
+
+
+def request(prompt: str, seed: int) -> GenerationRequest:
+    return GenerationRequest(prompt=prompt, height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(1, 1, 1), seed=seed)
+
+
+def latents(helios: Helios, req: GenerationRequest) -> torch.Tensor:
+    return torch.cat([c.latents.float().cpu() for c in helios.stream(req, decode=False)], 2)
+
+
+@pytest.fixture(scope="module")
+def gpu_cores(checkpoints):
+    folder, _ = checkpoints["distilled"]
+    graphed = Helios.from_pretrained(folder, device="cuda", dtype="float32")
+    eager = Helios.from_pretrained(folder, device="cuda", dtype="float32", cuda_graphs=False, ops=TorchOps())
+    return graphed, eager
+
+
+def test_gpu_a_second_request_with_a_new_prompt_replays_the_graphs_of_the_first(gpu_cores):
+    graphed, eager = gpu_cores
+    latents(graphed, request("a fox", 0))
+    captured = graphed.denoiser.captures
+    assert captured == 3  # one per pyramid stage
+    second = latents(graphed, request("a lake at dawn", 1))
+    assert graphed.denoiser.captures == captured
+    assert relative_error(second, latents(eager, request("a lake at dawn", 1))) <= 1e-4
+
+
+def test_gpu_fused_kernels_and_cuda_graphs_equal_the_torch_reference_in_fp32(gpu_cores):
+    graphed, eager = gpu_cores
+    req = request("a red kite", 3)
+    assert relative_error(latents(graphed, req), latents(eager, req)) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_gelu_in_the_gemm_epilogue_matches_gelu_after_the_linear(dtype):
+    from helios_triton_kernels.ops import TritonOps
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 300, 256, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(512, 256, device="cuda", generator=g) / 16).to(dtype)
+    b = torch.randn(512, device="cuda", generator=g).to(dtype)
+    got, want = TritonOps().linear_gelu(x, w, b), TorchOps().linear_gelu(x, w, b)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got, want, **tol)
