@@ -117,7 +117,7 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    args.gamma, args.vae_frames_per_call = 0.3333, None
+    args.gamma, args.vae_frames_per_call = 0.3333, 1
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -44,7 +44,6 @@ class Helios:
         self.parallel = parallel
         self.offload = "none"
         self.layers: LayerOffload | None = None
-        self._decode_stream = None
         self.transformer = transformer
         # The sampler calls the denoiser; on CUDA it replays captured graphs of the transformer.
         self.denoiser = transformer
@@ -229,21 +228,20 @@ class Helios:
 
     @torch.no_grad()
     def decode_async(self, generation: Generation, chunk: Chunk) -> "PendingFrames":
-        """Start decoding a chunk; on CUDA it runs on a side stream, overlapping the next chunk's steps."""
+        """Queue a chunk's decode; on CUDA the frames land in pinned host memory without blocking.
+
+        The decode runs on the denoising stream, ahead of the next chunk's steps. A side stream
+        overlapping the two was measured on an H200 (bench/RESULTS.md): same throughput, as both
+        compete for the SMs, and a later first chunk.
+        """
         keep = generation.frames_to_keep(chunk.index)
+        frames = to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep])
         if self.device.type != "cuda":
-            return PendingFrames(to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep]).cpu(), None)
-        if self._decode_stream is None:
-            self._decode_stream = torch.cuda.Stream(device=self.device)
-        side = self._decode_stream
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        chunk.latents.record_stream(side)  # made on the main stream, read on the side one
-        with torch.cuda.stream(side):
-            frames = to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep])
-            host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-            host.copy_(frames, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(side)
+            return PendingFrames(frames.cpu(), None)
+        host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(frames, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
         return PendingFrames(host, done)
 
     def stream(
@@ -254,8 +252,9 @@ class Helios:
     ) -> Iterator[ChunkOutput]:
         """Run a request chunk by chunk, handing out each chunk as soon as its frames exist.
 
-        On CUDA chunk k decodes on a side stream while chunk k+1 denoises; its frames are handed
-        out at the first step boundary after they are ready. `on_step` is called after every step.
+        On CUDA the host queues chunk k+1's steps while the GPU still decodes chunk k; its frames
+        are handed out at the first step boundary after they are ready. `on_step` is called after
+        every step.
         """
         gen = request if isinstance(request, Generation) else self.start(request)
         try:

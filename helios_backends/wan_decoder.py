@@ -9,10 +9,10 @@ The state between chunks lives in a `DecoderCache`, so decoding chunk after chun
 equals decoding the concatenated latents frame by frame in diffusers.
 
 Memory: a whole chunk at full resolution holds ~8.5 GiB of bf16 activations at 384x640, so the
-full-resolution tail (the up blocks after the last temporal upsampling, the output conv) can run
-on a few latent frames' worth of video frames at a time, one group after another on the same
-cache. The low-resolution head, where per-frame calls would be launch-bound, always takes the
-whole chunk. Causality makes the grouping invisible in the output.
+tail (everything after the last temporal upsampling: its spatial upsampling, the later up blocks,
+the output conv) can run on a few latent frames' worth of video frames at a time, one group after
+another on the same cache. The low-resolution head, where per-frame calls would be
+launch-bound, always takes the whole chunk. Causality makes the grouping invisible in the output.
 
 The diffusers modules' own parameters are used; nothing is copied.
 """
@@ -86,7 +86,7 @@ class WanChunkDecoder:
         self.frames_per_pass = frames_per_pass
         blocks = model.decoder.up_blocks
         temporal = [i for i, b in enumerate(blocks) if b.upsamplers is not None and b.upsamplers[0].mode == "upsample3d"]
-        self.tail_start = temporal[-1] + 1 if temporal else 0  # the first up block after the last time upsampling
+        self.last_temporal = temporal[-1] if temporal else -1  # the up block whose upsampler the tail finishes
         self.time_factor = 2 ** len(temporal)
 
     @torch.no_grad()
@@ -102,8 +102,13 @@ class WanChunkDecoder:
         for attn, resnet in zip(dec.mid_block.attentions, dec.mid_block.resnets[1:]):
             x = attn(x)  # per frame already: batched over the chunk's frames
             x = self._resnet(resnet, x, cache)
-        for block in dec.up_blocks[: self.tail_start]:
+        for block in dec.up_blocks[: self.last_temporal]:
             x = self._up_block(block, x, cache, first)
+        if self.last_temporal >= 0:
+            block = dec.up_blocks[self.last_temporal]
+            for resnet in block.resnets:
+                x = self._resnet(resnet, x, cache)
+            x = self._upsample_time(block.upsamplers[0], x, cache, first)
         groups = self._tail_groups(z.shape[2], first)
         out = torch.cat([self._tail(part, cache) for part in x.split(groups, dim=2)], dim=2)
         cache.started = True
@@ -118,7 +123,9 @@ class WanChunkDecoder:
 
     def _tail(self, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         dec = self.model.decoder
-        for block in dec.up_blocks[self.tail_start :]:
+        if self.last_temporal >= 0:
+            x = self._upsample_space(dec.up_blocks[self.last_temporal].upsamplers[0], x)
+        for block in dec.up_blocks[self.last_temporal + 1 :]:
             x = self._up_block(block, x, cache, first=False)  # no temporal upsampling left
         return self._conv(dec.conv_out, dec.nonlinearity(dec.norm_out(x)), cache)
 
@@ -147,6 +154,11 @@ class WanChunkDecoder:
     def _resample(self, resample: WanResample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
         if resample.mode == "upsample3d":
             x = self._upsample_time(resample, x, cache, first)
+        return self._upsample_space(resample, x)
+
+    @staticmethod
+    def _upsample_space(resample: WanResample, x: torch.Tensor) -> torch.Tensor:
+        """Per frame: nearest-neighbour 2x, then the resample's 2D conv."""
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         upsample, conv = resample.resample

@@ -61,3 +61,14 @@ def test_gpu_gelu_in_the_gemm_epilogue_matches_gelu_after_the_linear(dtype):
     got, want = TritonOps().linear_gelu(x, w, b), TorchOps().linear_gelu(x, w, b)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got, want, **tol)
+
+
+def test_gpu_streamed_frames_arrive_in_order_and_equal_the_eager_reference(gpu_cores):
+    graphed, eager = gpu_cores
+    req = request("a harbour", 4)
+    got = list(graphed.stream(req))
+    want = list(eager.stream(req))
+    assert [c.index for c in got] == [c.index for c in want]
+    frames, reference = torch.cat([c.frames for c in got], 1), torch.cat([c.frames for c in want], 1)
+    assert frames.dtype == torch.uint8 and frames.shape == reference.shape
+    assert (frames.int() - reference.int()).abs().max().item() <= 1
