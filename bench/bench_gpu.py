@@ -239,6 +239,7 @@ class Bench:
             writer = Mp4Writer(self.tmp / "ours.mp4", run.width, run.height, 24)
         if self.cuda:
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # reserved = this run's (our graphs' pool stays: it is in use)
             torch.cuda.reset_peak_memory_stats()
         latents, first, first_frames, out_frames = [], None, None, 0
         try:
@@ -276,6 +277,8 @@ class Bench:
             pyramid_num_inference_steps_list=list(run.steps), is_amplify_first_chunk=run.variant == "distilled",
             use_zero_init=True, zero_steps=1)
         if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         try:
             t_model._sync()
@@ -294,9 +297,10 @@ class Bench:
 
     def _row(self, impl, run, wall, frames, t_model, t_vae, first, latents) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
+        reserved = torch.cuda.max_memory_reserved() / 2**30 if self.cuda else float("nan")
         return dict(impl=impl, run=run.name, frames=frames, wall=wall, fps=frames / wall, transformer=t_model.seconds,
                     transformer_calls=t_model.calls, vae=t_vae.seconds, vae_calls=t_vae.calls, first_chunk=first,
-                    peak_gib=peak, latents=latents)
+                    peak_gib=peak, peak_reserved_gib=reserved, latents=latents)
 
 
 class _TimedDenoiser:
@@ -383,8 +387,8 @@ def write_results(bench, rows, notes, args):
     lines = [
         f"GPU: {bench.gpu}; torch {torch.__version__}; config {args.config}; runs {' '.join(args.runs)}",
         "",
-        "| run | impl | frames | wall s | FPS | transformer s (calls) | VAE s (calls) | first chunk s | warm-up s | peak GiB | ours/diffusers FPS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | impl | frames | wall s | FPS | transformer s (calls) | VAE s (calls) | first chunk s | warm-up s | peak allocated GiB | peak reserved GiB | ours/diffusers FPS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_run = {}
     for r in rows:
@@ -396,7 +400,7 @@ def write_results(bench, rows, notes, args):
             first = "-" if r["first_chunk"] is None else f"{r['first_chunk']:.2f}"
             lines.append(
                 f"| {run} | {impl} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {r['transformer']:.2f} ({r['transformer_calls']}) "
-                f"| {r['vae']:.2f} ({r['vae_calls']}) | {first} | {r['warmup']:.1f} | {r['peak_gib']:.1f} | "
+                f"| {r['vae']:.2f} ({r['vae_calls']}) | {first} | {r['warmup']:.1f} | {r['peak_gib']:.1f} | {r['peak_reserved_gib']:.1f} | "
                 f"{'' if ratio is None else f'{ratio:.2f}x'} |"
             )
     lines += [""] + [f"- {n}" for n in notes]

@@ -87,6 +87,26 @@ def test_affine_layernorm_on_the_modulated_kernel_matches_torch(fused, dtype):
     torch.testing.assert_close(fused.layer_norm(x, weight, bias, 1e-6), REF.layer_norm(x, weight, bias, 1e-6), **tol(dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels,bias", [(24, False), (96, True)])
+def test_vae_channel_norm_fused_with_silu_matches_diffusers_modules(dtype, channels, bias):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+    from helios_triton_kernels.ops import channel_rmsnorm_silu
+
+    g = torch.Generator().manual_seed(channels)
+    norm = WanRMS_norm(channels, images=False, bias=bias)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g))
+        if bias:
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
+    norm = norm.to(dtype)
+    x = (torch.randn(2, channels, 3, 5, 7, generator=g) * 3).to(dtype)
+    got = channel_rmsnorm_silu(x, norm.gamma, norm.bias if bias else None, norm.scale)
+    with torch.no_grad():
+        want = torch.nn.functional.silu(norm(x))
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+
 def test_whole_run_on_fused_kernels_equals_the_torch_reference(checkpoints, cores, fused):
     folder, _ = checkpoints["mid"]
     reference = cores["mid"]

@@ -95,3 +95,33 @@ def _rmsnorm_rope(
 def block_rows(width: int) -> int:
     """Rows per program so a tile holds about 4096 elements (at least one row)."""
     return max(1, 4096 // triton.next_power_of_2(width))
+
+
+@triton.jit
+def _channel_rmsnorm_silu(
+    x_ptr, gamma_ptr, bias_ptr, out_ptr,
+    C, N, scale, eps,
+    HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The Wan VAE's norm + SiLU on (B, C, N) activations (N = frames x height x width): per
+    position, x / max(||x over C||, eps) * scale * gamma[c] (+ bias[c]), then SiLU, in fp32.
+    A program takes BLOCK_N consecutive positions of one batch item and all channels."""
+    b = tl.program_id(1)
+    pos = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    chans = tl.arange(0, BLOCK_C)
+    mask = (chans < C)[:, None] & (pos < N)[None, :]
+    offs = b.to(tl.int64) * C * N + chans[:, None].to(tl.int64) * N + pos[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    norm = tl.sqrt(tl.sum(x * x, axis=0))
+    y = x / tl.maximum(norm, eps)[None, :]
+    gamma = tl.load(gamma_ptr + chans, mask=chans < C, other=0.0).to(tl.float32)
+    y = y * scale * gamma[:, None]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + chans, mask=chans < C, other=0.0).to(tl.float32)[:, None]
+    y = y / (1.0 + tl.exp(-y))
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def num_warps(block_elements: int) -> int:
+    """Warps for a program holding `block_elements` values (Triton's layer-norm tutorial rule)."""
+    return min(max(block_elements // 256, 1), 8)

@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from helios_backends.ops import TorchOps
 
-from .kernels import _gated_residual, _modulated_layernorm, _rmsnorm_rope, block_rows
+from .kernels import _channel_rmsnorm_silu, _gated_residual, _modulated_layernorm, _rmsnorm_rope, block_rows, num_warps
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -54,8 +54,9 @@ class TritonOps(TorchOps):
         scale = scale.float().expand(x.shape[0], -1, -1).contiguous()
         out = torch.empty_like(x)
         bm = block_rows(d)
+        bd = triton.next_power_of_2(d)
         _modulated_layernorm[(triton.cdiv(n, bm),)](
-            x, shift, scale, out, n, length, d, split, r, eps, BLOCK_M=bm, BLOCK_D=triton.next_power_of_2(d)
+            x, shift, scale, out, n, length, d, split, r, eps, BLOCK_M=bm, BLOCK_D=bd, num_warps=num_warps(bm * bd)
         )
         return out
 
@@ -66,7 +67,8 @@ class TritonOps(TorchOps):
         n, length, d, split, r, gate = _rows_layout(x, gate, split)
         out = torch.empty_like(x)
         bm = block_rows(d)
-        _gated_residual[(triton.cdiv(n, bm),)](x, y, gate, out, n, length, d, split, r, BLOCK_M=bm, BLOCK_D=triton.next_power_of_2(d))
+        bd = triton.next_power_of_2(d)
+        _gated_residual[(triton.cdiv(n, bm),)](x, y, gate, out, n, length, d, split, r, BLOCK_M=bm, BLOCK_D=bd, num_warps=num_warps(bm * bd))
         return out
 
     def layer_norm(self, x, weight, bias, eps):
@@ -99,6 +101,23 @@ class TritonOps(TorchOps):
         bm = block_rows(d // 2)
         _rmsnorm_rope[(triton.cdiv(b * length, bm),)](
             x, weight.contiguous(), cos, sin, out, b * length, length, d, x.stride(1), half_head, eps,
-            HAS_ROPE=rope is not None, BLOCK_M=bm, BLOCK_P=bp,
+            HAS_ROPE=rope is not None, BLOCK_M=bm, BLOCK_P=bp, num_warps=num_warps(2 * bm * bp),
         )
         return out.unflatten(2, (heads, -1))
+
+
+def channel_rmsnorm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, scale: float, eps: float = 1e-12) -> torch.Tensor:
+    """SiLU(F.normalize(x, dim=1) * scale * gamma + bias) for contiguous (B, C, ...) x, one pass in
+    fp32: the Wan VAE decoder's norm + activation without its fp32 and per-op temporaries."""
+    x = x.contiguous()
+    b, c = x.shape[:2]
+    n = x[0, 0].numel()
+    out = torch.empty_like(x)
+    bc = triton.next_power_of_2(c)
+    bn = max(16, 8192 // bc)
+    gamma = gamma.reshape(c).contiguous()
+    _channel_rmsnorm_silu[(triton.cdiv(n, bn), b)](
+        x, gamma, gamma if bias is None else bias.reshape(c).contiguous(), out, c, n, float(scale), eps,
+        HAS_BIAS=bias is not None, BLOCK_C=bc, BLOCK_N=bn, num_warps=num_warps(bc * bn),
+    )
+    return out

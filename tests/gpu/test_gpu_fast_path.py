@@ -72,3 +72,19 @@ def test_gpu_streamed_frames_arrive_in_order_and_equal_the_eager_reference(gpu_c
     frames, reference = torch.cat([c.frames for c in got], 1), torch.cat([c.frames for c in want], 1)
     assert frames.dtype == torch.uint8 and frames.shape == reference.shape
     assert (frames.int() - reference.int()).abs().max().item() <= 1
+
+
+def test_gpu_the_chunk_decoder_with_fused_norms_equals_diffusers_frame_by_frame_decode():
+    from diffusers import AutoencoderKLWan
+
+    from helios_backends.tiny import TINY_VAE
+    from helios_backends.wan_decoder import DecoderCache, WanChunkDecoder
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**TINY_VAE).cuda().eval()
+    z = torch.randn(1, 16, 18, 8, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        want = vae.decode(z, return_dict=False)[0]
+    decoder, cache = WanChunkDecoder(vae, frames_per_pass=1), DecoderCache()
+    got = torch.cat([decoder(z[:, :, :9], cache), decoder(z[:, :, 9:], cache)], 2)
+    assert (got - want).abs().max().item() <= 1e-4
