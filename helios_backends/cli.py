@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CheckpointError, RequestError
@@ -199,14 +200,23 @@ def generate(args) -> None:
         raise CliError(f"--offload-slots: must be >= 1, got {args.offload_slots}")
     if args.vae_frames_per_call < 0:
         raise CliError(f"--vae-frames-per-call: must be >= 0 (0: a whole chunk per pass), got {args.vae_frames_per_call}")
-    offload = (args.offload, args.offload_slots, args.vae_frames_per_call or None)
+    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None)
     if parallel.world_size > 1:
-        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, offload)
+        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, memory)
     else:
-        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, offload=offload)
+        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, memory=memory)
 
 
-def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, offload) -> None:
+@dataclass(frozen=True)
+class Memory:
+    """How a run trades speed for device memory (see Helios.from_pretrained)."""
+
+    offload: str = "none"
+    offload_slots: int = 2
+    vae_frames_per_call: int | None = 1
+
+
+def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, memory: Memory) -> None:
     """Under torchrun: every rank denoises its share; rank 0 decodes and writes the files."""
     import torch.distributed as dist
 
@@ -215,14 +225,14 @@ def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     try:
         groups = ParallelGroups.from_world(parallel)
-        run(folder, p, device, dtype, out, fps, latents_path, groups, writer=dist.get_rank() == 0, offload=offload)
+        run(folder, p, device, dtype, out, fps, latents_path, groups, writer=dist.get_rank() == 0, memory=memory)
     finally:
         dist.destroy_process_group()
 
 
 def run(
     folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None, groups=None, writer: bool = True,
-    offload: tuple[str, int, int | None] = ("none", 2, 1),
+    memory: Memory = Memory(),
 ) -> None:
     import contextlib
 
@@ -235,9 +245,8 @@ def run(
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the VAE's conv3d shapes repeat every chunk
-    mode, slots, vae_frames = offload
-    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=mode, offload_slots=slots,
-                                    vae_frames_per_call=vae_frames)
+    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
+                                    offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)
     try:
         gen = helios.start(p)
     except RequestError as exc:
