@@ -47,9 +47,10 @@ class UniPCStepper:
         self.this_order = 0
         self.index = 0
 
-    def _coefficients(self, h: torch.Tensor, rks: list, order: int, device):
-        """R and b of the UniPC linear system, and (h*phi_1, B(h))."""
-        rks = torch.tensor([*rks, 1.0], device=device)
+    def _coefficients(self, h: torch.Tensor, rks: list, order: int):
+        """R and b of the UniPC linear system, and (h*phi_1, B(h)), on the CPU like the schedule:
+        the step's only device transfer is the solved rhos, non-blocking (no GPU drain)."""
+        rks = torch.tensor([*rks, 1.0])
         hh = -h
         h_phi_1 = torch.expm1(hh)
         h_phi_k = h_phi_1 / hh - 1
@@ -60,7 +61,7 @@ class UniPCStepper:
             b.append(h_phi_k * factorial / b_h)
             factorial *= i + 1
             h_phi_k = h_phi_k / hh - 1 / factorial
-        return torch.stack(R), torch.tensor(b, device=device), h_phi_1, b_h
+        return torch.stack(R), torch.tensor(b), h_phi_1, b_h
 
     def _differences(self, i_s0: int, lambda_s0, h, order: int):
         m0 = self.x0_history[-1]
@@ -79,11 +80,12 @@ class UniPCStepper:
         lambda_s0 = _lambda(sig_s0)
         h = _lambda(sig_t) - lambda_s0
         rks, d1s = self._differences(i, lambda_s0, h, order)
-        R, b, h_phi_1, b_h = self._coefficients(h, rks, order, x.device)
+        R, b, h_phi_1, b_h = self._coefficients(h, rks, order)
         m0 = self.x0_history[-1]
         x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
         if d1s is not None:
-            rhos = torch.tensor([0.5], dtype=x.dtype, device=x.device) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).to(x.dtype)
+            rhos = torch.tensor([0.5]) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+            rhos = rhos.to(x.device, x.dtype, non_blocking=True)
             x_t = x_t - alpha_t * b_h * torch.einsum("k,bkc...->bc...", rhos, d1s)
         return x_t.to(x.dtype)
 
@@ -96,8 +98,9 @@ class UniPCStepper:
         h = _lambda(sig_t) - lambda_s0
         # The corrector's extra points sit one step further back than the predictor's.
         rks, d1s = self._differences(i - 1, lambda_s0, h, order)
-        R, b, h_phi_1, b_h = self._coefficients(h, rks, order, x.device)
-        rhos = torch.tensor([0.5], dtype=last.dtype, device=x.device) if order == 1 else torch.linalg.solve(R, b).to(last.dtype)
+        R, b, h_phi_1, b_h = self._coefficients(h, rks, order)
+        rhos = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(R, b)
+        rhos = rhos.to(x.device, last.dtype, non_blocking=True)
         m0 = self.x0_history[-1]
         out = sigma_t / sigma_s0 * last - alpha_t * h_phi_1 * m0
         corr = torch.einsum("k,bkc...->bc...", rhos[:-1], d1s) if d1s is not None else 0
