@@ -20,6 +20,7 @@ engine's own plugin filter (VLLM_PLUGINS / SGLANG_PLUGINS) for the native backen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -232,45 +233,45 @@ def cmd_run(backend: str, spec_path: str, out_dir: str) -> int:
     return code
 
 
+async def realtime_session(url: str, start: dict, timeout: float = 600) -> tuple[list[tuple[float, dict]], bytes, tuple[float, dict]]:
+    """One session on vLLM-Omni's realtime video websocket; tests/vllm/test_streaming.py uses it too.
+
+    Returns (arrival time.time(), metadata) per media chunk, the concatenated fMP4 bytes, and
+    (arrival, message) of the session.done or error that ends it. `timeout` bounds each wait for a message.
+    """
+    import websockets  # the vllm env's; the core env that runs the other commands has none
+
+    chunks, data = [], b""
+    async with websockets.connect(url, max_size=None, open_timeout=60) as ws:
+        await ws.send(json.dumps({"type": "session.start", **start}))
+        while True:
+            message = await asyncio.wait_for(ws.recv(), timeout=timeout)
+            if isinstance(message, bytes):
+                data += message
+                continue
+            event = json.loads(message)
+            if event.get("type") == "video.chunk_metadata" and event.get("kind") == "media":
+                chunks.append((time.time(), event))
+            if event.get("type") in ("session.done", "error"):
+                return chunks, data, (time.time(), event)
+
+
 def cmd_stream(url: str, start_path: str, sessions: str, out_path: str) -> int:
     """Streaming sessions over vLLM-Omni's websocket, one after another; prints their timings as JSON.
 
     Each is timed from just before connecting: first media chunk's bytes, and session.done. The
     last session's bytes (one fMP4) are written to out_path.
     """
-    import asyncio
-
-    import websockets
-
     start = json.loads(Path(start_path).read_text())
-
-    async def session() -> tuple[dict, bytes]:
-        data, timing = b"", {"start": time.time(), "first_chunk": None, "chunks": 0}
-        async with websockets.connect(url, max_size=None, open_timeout=60) as ws:
-            await ws.send(json.dumps({"type": "session.start", **start}))
-            while True:
-                message = await asyncio.wait_for(ws.recv(), timeout=600)
-                if isinstance(message, bytes):
-                    data += message
-                    continue
-                event = json.loads(message)
-                if event.get("type") == "video.chunk_metadata" and event.get("kind") == "media":
-                    timing["chunks"] += 1
-                    if timing["first_chunk"] is None:
-                        timing["first_chunk"] = time.time()
-                if event.get("type") == "error":
-                    timing["error"] = event.get("message", "error")
-                    return timing, data
-                if event.get("type") == "session.done":
-                    timing["done"] = time.time()
-                    return timing, data
-
     timings = []
     for _ in range(int(sessions)):
-        timing, data = asyncio.run(session())
-        timings.append(timing)
-        if "error" in timing:
+        began = time.time()
+        chunks, data, (ended, end) = asyncio.run(realtime_session(url, start))
+        timings.append({"start": began, "first_chunk": chunks[0][0] if chunks else None, "chunks": len(chunks)})
+        if end["type"] == "error":
+            timings[-1]["error"] = end.get("message", "error")
             break
+        timings[-1]["done"] = ended
     Path(out_path).write_bytes(data)
     print(json.dumps(timings))
     return 0

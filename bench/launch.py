@@ -1,7 +1,8 @@
 """Start a backend as a real process, watch its memory, wait until it serves, talk HTTP, stop it.
 
 Generic on purpose (no Helios or engine knowledge): `bench/compare.py` starts `vllm serve`,
-`sglang serve` and its own in-process workers with it. Stdlib only, plus psutil (in the core
+`sglang serve` and its own in-process workers with it, and the engine test suites their servers
+(as `bench.launch`: pytest puts the repo root on the path). Stdlib only, plus psutil (in the core
 environment) for the memory of the whole process tree: engines spawn API, engine and worker
 processes, and the model lives in a child, so the root's own RSS would miss it.
 """
@@ -108,17 +109,21 @@ class Launched:
 
     `started` is taken just before the process is created: start-up times count interpreter
     start, imports and weight loading, as a user waiting for a fresh server sees them.
+    `sample_memory=False` (then `memory` is None) for a caller that never reads it, the test
+    suites: the sampler reads the whole tree's /proc memory five times a second.
     """
 
-    def __init__(self, command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, gpu: bool = False):
+    def __init__(self, command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, gpu: bool = False,
+                 sample_memory: bool = True):
         self.command = command
         self.log = Path(log)
         self._log_file = open(self.log, "wb")
         self.started = time.time()
         self.proc = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                      start_new_session=True)
-        self.memory = MemorySampler(self.proc.pid, gpu=gpu)
-        self.memory.start()
+        self.memory = MemorySampler(self.proc.pid, gpu=gpu) if sample_memory else None
+        if self.memory is not None:
+            self.memory.start()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -130,7 +135,8 @@ class Launched:
         return self.proc.wait(timeout=timeout)
 
     def stop(self, grace: float = 30) -> None:
-        self.memory.stop()
+        if self.memory is not None:
+            self.memory.stop()
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -176,15 +182,23 @@ class Http:
 
 
 def wait_ready(process: Launched, http: Http, path: str = "/health", timeout: float = 420, interval: float = 0.25) -> float:
-    """Poll until `path` answers 200; returns the ready time (time.time()). Raises with the log's tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.alive():
-            raise RuntimeError(f"exited with {process.proc.returncode} before it was ready:\n{process.log_tail()}")
-        try:
-            if http.request("GET", path, timeout=5)[0] == 200:
-                return time.time()
-        except OSError:
-            pass
-        time.sleep(interval)
-    raise RuntimeError(f"not ready after {timeout:.0f} s:\n{process.log_tail()}")
+    """Poll until `path` answers 200; returns the ready time (time.time()).
+
+    Otherwise (it exited, was not ready in time, or the wait was interrupted) stops the process,
+    so that no caller leaks a server that never came up, and raises with the log's tail.
+    """
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise RuntimeError(f"exited with {process.proc.returncode} before it was ready:\n{process.log_tail()}")
+            try:
+                if http.request("GET", path, timeout=5)[0] == 200:
+                    return time.time()
+            except OSError:
+                pass
+            time.sleep(interval)
+        raise RuntimeError(f"not ready after {timeout:.0f} s:\n{process.log_tail()}")
+    except BaseException:
+        process.stop()
+        raise

@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ENGINE_ENV = {
@@ -31,6 +28,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from bench.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
 from helios_backends.video import decode_mp4  # noqa: E402
@@ -74,72 +72,31 @@ def as_served(frames: np.ndarray, path: Path, fps: int = 24) -> np.ndarray:
     return decode_mp4(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@dataclass
 class Server:
-    """`sglang serve` as a subprocess in its own process group, spoken to over HTTP only."""
+    """A `sglang serve` that answers /health, and its job API over HTTP only."""
 
-    def __init__(self, folder: Path, config: Path, workdir: Path, *extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "server.log"
-        self.workdir = workdir
-        command = [
-            SGLANG, "serve", "--model-path", str(folder), "--pipeline-config-path", str(config),
-            "--host", "127.0.0.1", "--port", str(self.port), "--warmup-mode", "off",
-            "--output-path", str(workdir / "outputs"), *extra,
-        ]
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            command, cwd=workdir, env=engine_env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:]
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sglang serve exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if self.request("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(2)
-        raise RuntimeError(f"sglang serve not healthy after {START_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+    process: Launched
+    http: Http
+    workdir: Path
 
     def post_video(self, body: dict) -> tuple[int, dict]:
-        status, payload = self.request("POST", "/v1/videos", body)
+        status, payload = self.http.request("POST", "/v1/videos", json_body=body)
         return status, json.loads(payload)
 
     def wait_job(self, job_id: str) -> dict:
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while time.monotonic() < deadline:
-            status, payload = self.request("GET", f"/v1/videos/{job_id}")
+            status, payload = self.http.request("GET", f"/v1/videos/{job_id}")
             assert status == 200, payload
             job = json.loads(payload)
             if job["status"] in ("completed", "failed"):
                 return job
             time.sleep(0.5)
-        raise AssertionError(f"job {job_id} unfinished after {JOB_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise AssertionError(f"job {job_id} unfinished after {JOB_TIMEOUT_S} s:\n{self.process.log_tail()}")
 
     def video_frames(self, job_id: str) -> np.ndarray:
-        status, payload = self.request("GET", f"/v1/videos/{job_id}/content")
+        status, payload = self.http.request("GET", f"/v1/videos/{job_id}/content")
         assert status == 200, payload[:500]
         path = self.workdir / f"{job_id}.mp4"
         path.write_bytes(payload)
@@ -154,24 +111,20 @@ class Server:
         return self.video_frames(job["id"])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
+        self.process.stop(grace=60)
 
 
 def start_server(folder: Path, config: Path, workdir: Path, *extra: str) -> Server:
-    server = Server(folder, config, workdir, *extra)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    port = free_port()
+    command = [
+        SGLANG, "serve", "--model-path", str(folder), "--pipeline-config-path", str(config),
+        "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off",
+        "--output-path", str(workdir / "outputs"), *extra,
+    ]
+    process = Launched(command, workdir / "server.log", env=engine_env(), cwd=workdir, sample_memory=False)
+    http = Http(f"http://127.0.0.1:{port}", timeout=120)
+    wait_ready(process, http, timeout=START_TIMEOUT_S)
+    return Server(process, http, workdir)
 
 
 def run_generate(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -138,7 +138,7 @@ def test_request_failing_mid_run_is_marked_failed_and_the_next_succeeds(server):
     failed = server.wait_job(job["id"])
     assert failed["status"] == "failed"
     assert "timeout_s: still running after 1e-09 s (0 of" in failed["error"]["message"], failed
-    assert server.request("GET", f"/v1/videos/{job['id']}/content")[0] >= 400
+    assert server.http.request("GET", f"/v1/videos/{job['id']}/content")[0] >= 400
     assert server.generate({"prompt": "next one", "num_frames": 33, **SMALL}).shape == (33, HEIGHT, WIDTH, 3)
 
 

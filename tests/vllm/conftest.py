@@ -9,11 +9,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,6 +22,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
+from bench.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
@@ -53,66 +51,32 @@ def core_frames(helios: Helios, **fields) -> np.ndarray:
     return torch.cat([chunk.frames for chunk in helios.stream(request)], dim=1)[0].numpy()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
+@dataclass
 class Server:
-    """`vllm serve FOLDER --omni` as a subprocess in its own process group, logging to a file."""
+    """A `vllm serve FOLDER --omni` that answers /health, and an httpx client for it (multipart uploads)."""
 
-    def __init__(self, folder: Path, log: Path, *extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [str(VLLM), "serve", str(folder), "--omni", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--dtype", "float32", "--enforce-eager", *extra]
-        self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if self.client.get("/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"vllm serve not healthy after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
+    process: Launched
+    url: str
+    client: httpx.Client
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log_file.close()
+        self.process.stop()
 
 
 def start_server(folder: Path, tmp_path_factory, name: str, *extra: str) -> Server:
     if not VLLM.exists() and shutil.which("vllm") is None:
         raise RuntimeError(f"no vllm executable next to {sys.executable}: run the suite in the vllm env (scripts/test vllm)")
-    server = Server(folder, tmp_path_factory.mktemp(name) / "server.log", *extra)
-    try:
-        server.wait_ready()
-    except Exception:
-        server.stop()
-        raise
-    return server
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(VLLM), "serve", str(folder), "--omni", "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", "float32", "--enforce-eager", *extra]
+    process = Launched(command, tmp_path_factory.mktemp(name) / "server.log", sample_memory=False)
+    wait_ready(process, Http(url), timeout=STARTUP_TIMEOUT_S)
+    return Server(process, url, httpx.Client(base_url=url, timeout=120))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import tempfile
-import time
 
 import numpy as np
 import pytest
-import websockets
 
+from bench.compare_worker import realtime_session
 from helios_backends.video import decode_mp4
 
 from .conftest import FAST, HEIGHT, WIDTH, start_server
@@ -23,27 +21,10 @@ def server(tiny_folders, tmp_path_factory):
     server.stop()
 
 
-async def stream_session(url: str, start: dict) -> tuple[list[tuple[float, dict]], bytes, dict]:
-    """(arrival time, chunk metadata) per media chunk, the concatenated fMP4 bytes, the closing message."""
-    chunks, data = [], b""
-    async with websockets.connect(url, max_size=None, open_timeout=30) as ws:
-        await ws.send(json.dumps({"type": "session.start", **start}))
-        while True:
-            message = await asyncio.wait_for(ws.recv(), timeout=120)
-            if isinstance(message, bytes):
-                data += message
-                continue
-            event = json.loads(message)
-            if event["type"] == "video.chunk_metadata" and event["kind"] == "media":
-                chunks.append((time.monotonic(), event))
-            if event["type"] in ("session.done", "error"):
-                return chunks, data, event
-
-
 def test_streaming_sends_each_chunk_as_the_core_finishes_it(server):
     url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
     start = {"prompt": "a fox", "width": WIDTH, "height": HEIGHT, "num_frames": 99, "seed": 4, "extra_params": FAST}
-    chunks, data, done = asyncio.run(stream_session(url, start))
+    chunks, data, (_, done) = asyncio.run(realtime_session(url, start, timeout=120))
     assert done["type"] == "session.done" and not done["stopped"], done
     # 99 frames -> three chunks of 33, the last trimmed to the video's 97 (4k+1) frames.
     assert [event["generation_chunk_index"] for _, event in chunks] == [0, 1, 2]
@@ -60,8 +41,8 @@ def test_streaming_sends_each_chunk_as_the_core_finishes_it(server):
 def test_streaming_server_refuses_a_bad_request_naming_the_field(server):
     url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
     start = {"prompt": "a fox", "width": 96, "height": HEIGHT, "num_frames": 33, "extra_params": FAST}
-    chunks, _, done = asyncio.run(stream_session(url, start))
+    chunks, _, (_, done) = asyncio.run(realtime_session(url, start, timeout=120))
     assert chunks == [] and done["type"] == "error" and "width" in done["message"], done
     good = {"prompt": "a fox", "width": WIDTH, "height": HEIGHT, "num_frames": 33, "seed": 1, "extra_params": FAST}
-    chunks, _, done = asyncio.run(stream_session(url, good))
+    chunks, _, (_, done) = asyncio.run(realtime_session(url, good, timeout=120))
     assert done["type"] == "session.done" and len(chunks) == 1
