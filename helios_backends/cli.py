@@ -190,7 +190,7 @@ def generate(args) -> None:
     except CheckpointError as exc:
         raise CliError(f"--device: {exc}") from None
     try:
-        p = plan_for_folder(folder, _request(args))
+        p = plan_for_folder(folder, _request(args), parallel.sp_degree)
     except RequestError as exc:
         raise request_error(exc) from None
     out = Path(args.output)

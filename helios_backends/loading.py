@@ -168,7 +168,11 @@ def read_configs(folder: str | Path) -> FolderConfigs:
     return _read_configs(folder, tuple(_stamp(folder / name) for name in CONFIG_FILES))
 
 
-def plan_for_folder(folder: str | Path, request: GenerationRequest) -> Plan:
-    """Validate a request against a checkpoint folder without loading any weights."""
+def plan_for_folder(folder: str | Path, request: GenerationRequest, sp_degree: int = 1) -> Plan:
+    """Validate a request against a checkpoint folder without loading any weights.
+
+    sp_degree: the serving Ulysses x Ring degree, so that sizes its ranks cannot split are
+    refused before the request is queued (1: no check).
+    """
     configs = read_configs(folder)
-    return plan(request, configs.pipeline, configs.scheduler, configs.transformer.patch_size)
+    return plan(request, configs.pipeline, configs.scheduler, configs.transformer.patch_size, sp_degree)

@@ -83,6 +83,11 @@ def engine_parallel_config(
     return config
 
 
+def indivisible_tokens(degree: int, tokens: int, what: str) -> str:
+    """Why `tokens` cannot be sharded: one wording for the check before queueing and the one at run time."""
+    return f"ulysses_degree x ring_degree = {degree} must divide the {tokens} {what} tokens"
+
+
 @dataclass
 class ParallelGroups:
     """Process groups for one rank. Any of them may be None (that dimension is 1).
@@ -244,11 +249,11 @@ class SequenceParallelOps:
         return _size(self.groups.sp)
 
     def _check(self, what: str, n: int) -> None:
+        """The last line of defence: `plan(..., sp_degree)` refuses such sizes before a request is queued."""
         if n % self.degree:
             raise RequestError(
                 "size",
-                f"ulysses_degree x ring_degree = {self.degree} must divide the {n} {what} tokens; pick a height/width "
-                f"whose token grid divides evenly at every pyramid stage",
+                f"{indivisible_tokens(self.degree, n, what)}; pick a height/width whose token grid divides evenly at every pyramid stage",
             )
 
     def shard_tokens(self, x: torch.Tensor, history_len: int) -> tuple[torch.Tensor, int]:

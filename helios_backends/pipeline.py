@@ -123,7 +123,9 @@ class Helios:
         return self.pipeline.variant
 
     def plan(self, request: GenerationRequest) -> Plan:
-        return plan(request, self.pipeline, self.scheduler, self.transformer.config.patch_size)
+        """The request's plan; with sequence-parallel groups, sizes the ranks cannot split are refused here."""
+        sp_degree = 1 if self.parallel is None else self.parallel.config.sp_degree
+        return plan(request, self.pipeline, self.scheduler, self.transformer.config.patch_size, sp_degree)
 
     def make_generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:

@@ -7,6 +7,8 @@ raising `RequestError` naming the field, before any model work.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,9 +18,12 @@ from PIL import Image
 
 from .config import PipelineConfig, SamplingDefaults, SchedulerConfig, VARIANT_DEFAULTS
 from .errors import RequestError
+from .parallel import indivisible_tokens
 
 Task = Literal["t2v", "i2v", "v2v"]
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+LATENT_STRIDE = 8  # pixels per latent cell along height and width (the Wan VAE)
+MAX_SIZE = 4096  # pixels, height and width
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,11 @@ class Plan:
     timeout_s: float | None = None
 
     @property
+    def stages(self) -> int:
+        """Pyramid stages per chunk (1 for Base)."""
+        return len(self.steps)
+
+    @property
     def batch_size(self) -> int:
         return 1 if self.prompt_schedule else len(self.prompts)
 
@@ -137,6 +147,112 @@ class Plan:
 
     def total_steps(self, kind: str) -> int:
         return sum(sum(self.chunk_steps(k, kind)) for k in range(self.num_chunks))
+
+
+@dataclass(frozen=True)
+class CallTokens:
+    """The tokens of the transformer calls of one pyramid stage; sequence parallelism splits each part on its own."""
+
+    stage: int  # 0: the smallest grid, run first
+    history: int  # long + mid + short views, always at the full latent grid
+    current: int  # the chunk's latents at this stage's grid
+
+
+def size_multiple(patch_size: tuple[int, int, int], stages: int) -> int:
+    """What height and width must divide by: the pyramid halves the latent grid (stages - 1) times, each level patchified."""
+    return LATENT_STRIDE * patch_size[1] * 2 ** (stages - 1)
+
+
+def _patches(grid: tuple[int, int, int], kernel: tuple[int, int, int], padded: bool) -> int:
+    """Tokens of a patch embedding whose stride is its kernel; padded: the grid is first replicate-padded to a multiple."""
+    if padded:
+        return math.prod(-(-n // k) for n, k in zip(grid, kernel))
+    return math.prod(n // k for n, k in zip(grid, kernel))
+
+
+def _call_tokens(
+    height: int, width: int, chunk_frames: int, history_sizes: tuple[int, int, int], stages: int, patch_size: tuple[int, int, int]
+) -> tuple[CallTokens, ...]:
+    h, w = height // LATENT_STRIDE, width // LATENT_STRIDE
+    long_n, mid_n, short_n = history_sizes
+    # HeliosTransformer.embed_history: long and mid pooled 4x / 2x past padding, short (the first-frame
+    # prefix or one extra recent frame, plus short_n) at the patch size; the sampler's short view always
+    # holds short_n + 1 frames.
+    history = (
+        _patches((long_n, h, w), tuple(4 * k for k in patch_size), padded=True)
+        + _patches((mid_n, h, w), tuple(2 * k for k in patch_size), padded=True)
+        + _patches((short_n + 1, h, w), patch_size, padded=False)
+    )
+    # Generation.begin_chunk halves the grid (stages - 1) times; each later stage doubles it.
+    low_h, low_w = h // 2 ** (stages - 1), w // 2 ** (stages - 1)
+    return tuple(
+        CallTokens(s, history, _patches((chunk_frames, low_h * 2**s, low_w * 2**s), patch_size, padded=False)) for s in range(stages)
+    )
+
+
+def call_tokens(plan: Plan, patch_size: tuple[int, int, int]) -> tuple[CallTokens, ...]:
+    """The token counts every transformer call of a request sees, per pyramid stage, smallest first.
+
+    They are the same in every chunk, step and CFG branch, so a request's sizes can be judged
+    against a sequence-parallel degree before it is queued.
+    """
+    return _call_tokens(plan.height, plan.width, plan.chunk_frames, plan.history_sizes, plan.stages, patch_size)
+
+
+def _indivisible(calls: tuple[CallTokens, ...], sp_degree: int) -> str | None:
+    """The first token count sp_degree does not divide, in words, or None."""
+    if calls[0].history % sp_degree:
+        return indivisible_tokens(sp_degree, calls[0].history, "history")
+    for call in calls:
+        if call.current % sp_degree:
+            where = f" of pyramid stage {call.stage + 1} of {len(calls)}" if len(calls) > 1 else ""
+            return indivisible_tokens(sp_degree, call.current, "current-chunk") + where
+    return None
+
+
+def _nearest_fits(value: int, step: int, fits: Callable[[int], bool]) -> list[int]:
+    """The accepted sizes (multiples of step up to MAX_SIZE for which fits(size)) next below and next above value."""
+    sizes = range(step, MAX_SIZE + 1, step)
+    below = [s for s in sizes if s < value and fits(s)]
+    above = [s for s in sizes if s > value and fits(s)]
+    return below[-1:] + above[:1]
+
+
+def _distance(sizes: list[int], value: int) -> float:
+    return min((abs(s - value) for s in sizes), default=math.inf)
+
+
+def check_sp_degree(plan: Plan, patch_size: tuple[int, int, int], sp_degree: int) -> None:
+    """Refuse a size whose tokens `sp_degree` (Ulysses x Ring) ranks cannot split evenly, naming height or width.
+
+    Every rank holds an equal slice of the history tokens and of the current chunk's tokens of
+    every call (see parallel.py), so each of those counts must divide by the degree. The error
+    names the field whose nearest accepted value is closer and gives that value for both fields.
+    """
+    if isinstance(sp_degree, bool) or not isinstance(sp_degree, int) or sp_degree < 1:
+        raise ValueError(f"sp_degree must be an integer >= 1, got {sp_degree!r}")
+    reason = _indivisible(call_tokens(plan, patch_size), sp_degree)
+    if reason is None:
+        return
+    step = size_multiple(patch_size, plan.stages)
+
+    def fits(height: int, width: int) -> bool:
+        calls = _call_tokens(height, width, plan.chunk_frames, plan.history_sizes, plan.stages, patch_size)
+        return _indivisible(calls, sp_degree) is None
+
+    nearest = {
+        "height": (plan.height, _nearest_fits(plan.height, step, lambda h: fits(h, plan.width)), f"width {plan.width}"),
+        "width": (plan.width, _nearest_fits(plan.width, step, lambda w: fits(plan.height, w)), f"height {plan.height}"),
+    }
+    field = min(nearest, key=lambda name: _distance(nearest[name][1], nearest[name][0]))
+    order = (field, "width" if field == "height" else "height")
+    offers = [f"{name} {' or '.join(map(str, nearest[name][1]))} ({nearest[name][2]})" for name in order if nearest[name][1]]
+    accepted = f"nearest accepted: {', or '.join(offers)}" if offers else f"no height or width up to {MAX_SIZE} fits this degree"
+    raise RequestError(
+        field,
+        f"{reason} at height {plan.height}, width {plan.width} (every sequence-parallel rank takes an equal share of "
+        f"each call's history and current-chunk tokens); {accepted}",
+    )
 
 
 def _check_range(name: str, value, low=None, high=None, kind=(int,)):
@@ -194,8 +310,13 @@ def plan(
     pipeline: PipelineConfig,
     scheduler: SchedulerConfig,
     patch_size: tuple[int, int, int] = (1, 2, 2),
+    sp_degree: int = 1,
 ) -> Plan:
-    """Validate a request against the checkpoint and fill its unset fields with the variant's defaults."""
+    """Validate a request against the checkpoint and fill its unset fields with the variant's defaults.
+
+    sp_degree: the Ulysses x Ring degree the request will run under; sizes whose tokens it cannot
+    split evenly are refused here, before queueing (1: no sequence parallelism, no check).
+    """
     d: SamplingDefaults = VARIANT_DEFAULTS[pipeline.variant]
     pick = lambda value, default: default if value is None else value  # noqa: E731
 
@@ -217,10 +338,9 @@ def plan(
 
     height, width = pick(request.height, d.height), pick(request.width, d.width)
     stages = scheduler.stages if pipeline.is_pyramid else 1
-    # The pyramid halves the latent grid (stages - 1) times and each level must still patchify.
-    multiple = 8 * patch_size[1] * 2 ** (stages - 1)
+    multiple = size_multiple(patch_size, stages)
     for name, value in (("height", height), ("width", width)):
-        _check_range(name, value, low=multiple, high=4096)
+        _check_range(name, value, low=multiple, high=MAX_SIZE)
         if value % multiple:
             raise RequestError(name, f"must be a multiple of {multiple} for {stages} pyramid stage(s), got {value}")
 
@@ -289,7 +409,7 @@ def plan(
         if not 0 < timeout <= MAX_TIMEOUT_S:  # also refuses NaN
             raise RequestError("timeout_s", f"must be > 0 and <= {MAX_TIMEOUT_S:g} seconds, got {timeout}")
 
-    return Plan(
+    result = Plan(
         prompts=prompts,
         negative_prompt=pick(request.negative_prompt, d.negative_prompt),
         task=task,
@@ -318,3 +438,5 @@ def plan(
         seed=seed,
         timeout_s=None if timeout is None else float(timeout),
     )
+    check_sp_degree(result, patch_size, sp_degree)
+    return result

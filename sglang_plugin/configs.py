@@ -21,7 +21,7 @@ from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import plan_for_folder, read_configs
 
 from .offload import core_offload
-from .parallel import check_parallel_settings
+from .parallel import check_parallel_settings, served_sp_degree
 from .request_mapping import HELIOS_FIELDS, explicit_fields_of, to_generation_request
 
 _DEFAULTS = VARIANT_DEFAULTS["base"]
@@ -140,22 +140,26 @@ class HeliosCoreSamplingParams(SamplingParams):
         return frozenset(HELIOS_FIELDS)
 
     def prepare_video_request_for_queue(self, req: Any) -> None:
-        """Check the request against the served checkpoint before it is queued (-> HTTP 400).
+        """Check the request against the served checkpoint and its sequence-parallel degree before
+        it is queued (-> HTTP 400).
 
         Runs in the HTTP server and in `sglang generate`'s client process; where no served
         folder is known there (the CLI), the worker's plan stage is the check.
         """
         request = to_generation_request(self, explicit_fields_of(req))
-        folder = _served_folder()
-        if folder is not None:
-            plan_for_folder(folder, request)
+        served = _served_checkpoint()
+        if served is not None:
+            folder, sp_degree = served
+            plan_for_folder(folder, request, sp_degree)
 
 
-def _served_folder() -> str | None:
+def _served_checkpoint() -> tuple[str, int] | None:
+    """(folder, Ulysses x Ring degree) from SGLang's global server args; None without a local folder."""
     from sglang.multimodal_gen.runtime.server_args import get_global_server_args
 
     try:
-        path = get_global_server_args().model_path
+        server_args = get_global_server_args()
     except ValueError:
         return None
-    return path if Path(path).is_dir() else None
+    path = server_args.model_path
+    return (path, served_sp_degree(server_args)) if Path(path).is_dir() else None

@@ -33,6 +33,17 @@ def _cfg_flag(server_args: Any) -> str:
     return f"--cfg-parallel-size{_flag_note(server_args, 'cfg_parallel_degree')}"
 
 
+def _sp_degrees(server_args: Any) -> tuple[int, int]:
+    """(Ulysses, Ring) of resolved ServerArgs, SGLang's automatic layout included."""
+    return server_args.ulysses_degree or 1, server_args.ring_degree or 1
+
+
+def served_sp_degree(server_args: Any) -> int:
+    """Ulysses x Ring: the number of shards the workers split every transformer call's tokens into."""
+    ulysses, ring = _sp_degrees(server_args)
+    return ulysses * ring
+
+
 def core_parallel_config(server_args: Any, folder: str | Path | None) -> ParallelConfig:
     """The core's ParallelConfig for SGLang's resolved ServerArgs, or a ValueError naming the flag.
 
@@ -59,7 +70,7 @@ def core_parallel_config(server_args: Any, folder: str | Path | None) -> Paralle
             f"--kv-gather-degree={server_args.kv_gather_degree}: the Helios core exchanges tokens by Ulysses all-to-all "
             "or Ring; accepted: 1 (use --ulysses-degree N instead)"
         )
-    ulysses, ring = server_args.ulysses_degree or 1, server_args.ring_degree or 1
+    ulysses, ring = _sp_degrees(server_args)
     sp = server_args.sp_degree or 1
     if server_args.is_arg_explicitly_set("sp_degree") and sp != ulysses * ring:
         raise ValueError(

@@ -174,3 +174,13 @@ def test_parallel_degrees_without_torchrun_are_refused(capsys, checkpoints):
     assert "= 2 must equal the 1 processes" in err
     assert "--ulysses-degree: 3 must divide the 2 attention heads" in cli_error(
         capsys, "generate", "--model", str(folder), "--prompt", "x", "--ulysses-degree", "3")
+
+
+def test_sizes_the_ranks_cannot_split_are_refused_before_torchrun_starts_any_group(capsys, checkpoints, monkeypatch, tmp_path):
+    folder, _ = checkpoints["distilled"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    err = cli_error(capsys, "generate", "--model", str(folder), "--prompt", "x", "--ring-degree", "2", "--height", "64",
+                    "--width", "192", "--output", str(tmp_path / "out.mp4"))
+    assert err.endswith("--height: ulysses_degree x ring_degree = 2 must divide the 27 current-chunk tokens of pyramid stage 1 of 3 "
+                        "at height 64, width 192 (every sequence-parallel rank takes an equal share of each call's history and "
+                        "current-chunk tokens); nearest accepted: height 128 (width 192), or width 128 or 256 (height 64)"), err

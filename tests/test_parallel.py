@@ -104,6 +104,12 @@ def shard_worker(rank, port, folder, out):
             if rank == 0:
                 with open(out, "w") as f:
                     f.write(str(exc))
+        try:  # what a caller that skips the plan meets: the sharding's own check
+            core.transformer.ops.shard_tokens(torch.zeros(1, 7, 1), 4)
+        except RequestError as exc:
+            if rank == 0:
+                with open(out, "a") as f:
+                    f.write("\n" + str(exc))
         cfg_on_distilled = ParallelGroups(ParallelConfig(cfg_parallel=True), cfg=dist.group.WORLD)
         try:
             Helios(core.transformer, core.pipeline, core.scheduler, core.text_encoder, core.vae, cfg_on_distilled).start(REQUESTS["distilled"])
@@ -115,9 +121,11 @@ def shard_worker(rank, port, folder, out):
         dist.destroy_process_group()
 
 
-def test_token_counts_the_degree_does_not_divide_and_cfg_parallel_without_cfg_are_refused(folders, tmp_path):
+def test_token_counts_the_degree_does_not_divide_are_refused_by_the_plan_and_the_sharding_as_is_cfg_parallel_without_cfg(folders, tmp_path):
     out = tmp_path / "error.txt"
     mp.spawn(shard_worker, args=(free_port(), folders["distilled"], str(out)), nprocs=2, join=True)
-    first, second = out.read_text().splitlines()
-    assert "ulysses_degree x ring_degree = 2 must divide the" in first and "tokens" in first
-    assert "cfg_parallel needs guidance_scale > 1" in second
+    planned, sharded, cfg = out.read_text().splitlines()
+    assert planned.startswith("height: ulysses_degree x ring_degree = 2 must divide the 27 current-chunk tokens of pyramid stage 1 of 3")
+    assert "nearest accepted: height 128 (width 192), or width 128 or 256 (height 64)" in planned
+    assert sharded.startswith("size: ulysses_degree x ring_degree = 2 must divide the 3 current-chunk tokens; pick a height/width")
+    assert "cfg_parallel needs guidance_scale > 1" in cfg

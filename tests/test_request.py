@@ -10,7 +10,7 @@ import pytest
 from helios_backends.config import PipelineConfig, SchedulerConfig
 from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import COMPONENTS, plan_for_folder, read_configs
-from helios_backends.request import GenerationRequest, plan
+from helios_backends.request import CallTokens, GenerationRequest, call_tokens, plan
 from helios_backends.tiny import TINY_TRANSFORMER, model_index, scheduler_config
 
 from .conftest import random_image, random_video
@@ -21,10 +21,10 @@ THREE_STAGES = SchedulerConfig(kind="dmd", stages=3)
 ONE_STAGE = SchedulerConfig(stages=1, stage_range=(0.0, 1.0))
 
 
-def check(field: str, message: str, pipeline=PYRAMID, scheduler=THREE_STAGES, **kw):
+def check(field: str, message: str, pipeline=PYRAMID, scheduler=THREE_STAGES, sp_degree=1, **kw):
     kw.setdefault("prompt", "a cat")
     with pytest.raises(RequestError, match=message) as info:
-        plan(GenerationRequest(**kw), pipeline, scheduler)
+        plan(GenerationRequest(**kw), pipeline, scheduler, sp_degree=sp_degree)
     assert info.value.field == field
 
 
@@ -92,6 +92,65 @@ def test_timeout_must_be_a_positive_number_of_seconds():
     assert plan(GenerationRequest(prompt="a cat", timeout_s=2), PYRAMID, THREE_STAGES).timeout_s == 2.0
 
 
+def test_call_tokens_count_the_history_views_and_the_chunk_at_every_pyramid_stage():
+    # 384x640 -> a 48x80 latent grid, 24x40 patches. History: long 16 frames 4x-pooled (4 x 6 x 10),
+    # mid 2 frames 2x-pooled (1 x 12 x 20), short prefix + 1 frame (2 x 24 x 40). Current: 9 frames
+    # at 6x10, 12x20 and 24x40 patches, smallest stage first.
+    p = plan(GenerationRequest(prompt="a cat"), PYRAMID, THREE_STAGES)
+    assert call_tokens(p, (1, 2, 2)) == (CallTokens(0, 2400, 540), CallTokens(1, 2400, 2160), CallTokens(2, 2400, 8640))
+    base = plan(GenerationRequest(prompt="a cat", height=48, width=80), BASE, ONE_STAGE)  # 6x10 latents: long and mid pad
+    assert call_tokens(base, (1, 2, 2)) == (CallTokens(0, 4 * 1 * 2 + 1 * 2 * 3 + 2 * 3 * 5, 9 * 3 * 5),)
+
+
+def test_sizes_the_sequence_parallel_ranks_cannot_split_are_refused_naming_the_field_and_the_nearest_sizes():
+    # Default Mid/Distilled size at 8 ranks: 540 stage-1 tokens; 256 or 512 rows would split.
+    check("height", r"= 8 must divide the 540 current-chunk tokens of pyramid stage 1 of 3 at height 384, width 640 .*"
+          r"nearest accepted: height 256 or 512 \(width 640\), or width 512 or 768 \(height 384\)", sp_degree=8)
+    check("height", "must divide the 2400 history tokens", sp_degree=7)
+    # 48x96 Base at 4 ranks: 50 history tokens; the closest fix is the width.
+    check("width", r"= 4 must divide the 50 history tokens .* nearest accepted: width 64 or 128 \(height 48\), or height 128",
+          pipeline=BASE, scheduler=ONE_STAGE, height=48, width=96, sp_degree=4)
+    for height, width in ((48, 64), (48, 128), (128, 96)):
+        assert plan(GenerationRequest(prompt="a cat", height=height, width=width), BASE, ONE_STAGE, sp_degree=4).height == height
+    assert plan(GenerationRequest(prompt="a cat"), PYRAMID, THREE_STAGES, sp_degree=4).height == 384
+    assert plan(GenerationRequest(prompt="a cat", height=48, width=96), BASE, ONE_STAGE).width == 96  # sp_degree 1: no check
+    with pytest.raises(ValueError, match="sp_degree must be an integer >= 1, got 0"):
+        plan(GenerationRequest(prompt="a cat"), PYRAMID, THREE_STAGES, sp_degree=0)
+
+
+@pytest.mark.parametrize("variant", ["base", "mid", "distilled"])
+def test_call_tokens_equal_the_token_counts_the_transformer_shards(variant, cores, monkeypatch):
+    """Each call's [history, current] lengths as they reach ops.shard_tokens, against call_tokens, in stage order."""
+    core = cores[variant]
+    steps = {"num_inference_steps": 1} if variant == "base" else {"pyramid_steps": (1, 1, 1)}
+    requests = [
+        GenerationRequest(prompt="a kite", height=64, width=128, num_frames=34, guidance_scale=1.0, **steps),  # two chunks
+        GenerationRequest(prompt="a kite", height=192, width=64, num_frames=1, guidance_scale=1.0, **steps),
+        GenerationRequest(
+            prompt="a kite", height=128 if variant == "base" else 192, width=48 if variant == "base" else 128, num_frames=1,
+            guidance_scale=1.0, history_sizes=(8, 3, 2), keep_first_frame=False, num_latent_frames_per_chunk=5, **steps,
+        ),
+    ]
+    seen: list[tuple[int, int]] = []
+    base_ops = core.transformer.ops
+
+    class RecordingOps:
+        def __getattr__(self, name):
+            return getattr(base_ops, name)
+
+        def shard_tokens(self, x, history_len):
+            seen.append((history_len, x.shape[1] - history_len))
+            return base_ops.shard_tokens(x, history_len)
+
+    monkeypatch.setattr(core.transformer, "ops", RecordingOps())
+    for request in requests:
+        seen.clear()
+        for _ in core.stream(request, decode=False):
+            pass
+        expected = [(c.history, c.current) for c in call_tokens(core.plan(request), core.transformer.config.patch_size)]
+        assert len(seen) >= len(expected) and list(dict.fromkeys(seen)) == expected, (request.height, request.width)
+
+
 def json_only_folder(root, variant: str):
     """A Helios folder with its json configs and empty component folders: no weights at all."""
     for name in COMPONENTS:
@@ -111,6 +170,9 @@ def test_a_folder_validates_requests_from_its_json_files_without_weights(tmp_pat
     assert info.value.field == "height"
     with pytest.raises(CheckpointError, match="model folder not found"):
         plan_for_folder(tmp_path / "missing", GenerationRequest(prompt="a cat"))
+    with pytest.raises(RequestError, match="= 2 must divide the 27 current-chunk tokens") as info:
+        plan_for_folder(folder, GenerationRequest(prompt="a cat", height=64, width=192), sp_degree=2)
+    assert info.value.field == "height"
 
 
 def test_folder_configs_are_read_once_and_again_when_a_json_file_changes(tmp_path):

@@ -3,7 +3,8 @@
 vLLM-Omni queues an async `POST /v1/videos` job before the engine sees it, so a bad size or
 extra parameter would be answered 200 and fail later. vLLM's own `--middleware` option lets us
 check the form against the checkpoint first, with the same translation the engine uses
-(`to_generation_request` + `plan_for_folder`), and answer 400 naming the field:
+(`to_generation_request` + `plan_for_folder`, with the served Ulysses x Ring degree), and
+answer 400 naming the field:
 
     vllm serve DIR --omni --middleware vllm_plugin.http.HeliosRequestCheck
 
@@ -52,6 +53,16 @@ class FormSampling:
     guidance_scale_provided: bool
     num_outputs_per_prompt: int
     max_sequence_length: int | None = None
+
+
+def served_sp_degree(app: Any) -> int:
+    """Ulysses x Ring from the server's --ulysses-degree / --ring-degree (unset: 1).
+
+    Degrees set in a stage config file instead are not seen here; the engine's own check,
+    which reads the resolved parallel config, refuses those requests.
+    """
+    args = getattr(getattr(app, "state", None), "args", None)
+    return (getattr(args, "ulysses_degree", None) or 1) * (getattr(args, "ring_degree", None) or 1)
 
 
 def helios_folder(app: Any) -> Path | None:
@@ -145,7 +156,7 @@ class HeliosRequestCheck:
             return await self.app(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
         if complete:
-            error = await self.check(scope, messages, folder)
+            error = await self.check(scope, messages, folder, served_sp_degree(scope.get("app")))
             if error is not None:
                 return await bad_request(error)(scope, receive, send)
         await self.app(scope, replay(messages, receive), send)
@@ -158,7 +169,7 @@ class HeliosRequestCheck:
         return content_type.startswith(FORM_TYPES)
 
     @staticmethod
-    async def check(scope: Scope, messages: list[Message], folder: Path) -> RequestError | None:
+    async def check(scope: Scope, messages: list[Message], folder: Path, sp_degree: int) -> RequestError | None:
         try:
             form = await Request(scope, replay(messages, end_of_body)).form(max_part_size=MAX_CHECKED_BODY)
         except Exception:  # a malformed form: the route answers it with its own error
@@ -168,7 +179,7 @@ class HeliosRequestCheck:
             if parsed is None:
                 return None
             request, _ = to_generation_request(*parsed)
-            plan_for_folder(folder, request)
+            plan_for_folder(folder, request, sp_degree)
         except RequestError as exc:
             return exc
         finally:

@@ -142,14 +142,19 @@ def default_dtype(dtype: torch.dtype):
 
 
 def get_pre_process_func(od_config: OmniDiffusionConfig):
-    """Validate requests in the engine process before they are queued, against the checkpoint's configs.
+    """Validate requests in the engine process before they are queued, against the checkpoint's configs
+    and the served Ulysses x Ring degree.
 
     A bad request is refused with a 4xx naming the field without reaching the model worker. In
     step mode the engine's step scheduler sizes a request by `sampling_params.timesteps`; the
     schedule itself is the core's, so the planned step indices are recorded there.
     """
     folder = Path(od_config.model)
-    kind = read_configs(folder).scheduler.kind  # a folder that cannot serve fails at start-up
+    configs = read_configs(folder)  # a folder that cannot serve fails at start-up
+    kind = configs.scheduler.kind
+    sp_degree = core_parallel_config(
+        od_config.parallel_config, configs.transformer.num_attention_heads, uses_cfg_by_default(configs.pipeline.variant)
+    ).sp_degree
 
     def pre_process(request):
         sampling = request.sampling_params
@@ -158,7 +163,7 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
                 if getattr(sampling, name) is not None:
                     raise RequestError(name, "custom schedules are not accepted; Helios' schedule comes from its scheduler config")
             core_request, _ = to_generation_request(request.prompt, sampling)
-            planned = plan_for_folder(folder, core_request)
+            planned = plan_for_folder(folder, core_request, sp_degree)
         except RequestError as exc:
             raise client_error(exc) from None
         if od_config.step_execution or od_config.streaming_output:

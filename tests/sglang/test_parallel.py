@@ -115,3 +115,34 @@ def test_combinations_the_core_cannot_run_are_refused_at_start_up_naming_the_fla
     with pytest.raises(ValueError) as error:
         _server_args(parallel_folders[variant], **settings)
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_the_served_sequence_parallel_degree_is_ulysses_times_ring_after_sglangs_layout(parallel_folders):
+    from sglang_plugin.parallel import served_sp_degree
+
+    cases = [
+        ("base", {"num_gpus": 2}, 1),  # CFG parallel
+        ("distilled", {"num_gpus": 2}, 2),  # SGLang's automatic sequence parallel
+        ("base", {"num_gpus": 4, "ulysses_degree": 2, "ring_degree": 2}, 4),
+        ("base", {"num_gpus": 4, "ring_degree": 2, "cfg_parallel_degree": 2}, 2),
+    ]
+    for variant, settings, degree in cases:
+        assert served_sp_degree(_server_args(parallel_folders[variant], **settings)) == degree, settings
+
+
+def test_sizes_the_served_sequence_parallel_degree_cannot_split_are_refused_before_queueing(parallel_folders, monkeypatch):
+    from types import SimpleNamespace
+
+    import sglang.multimodal_gen.runtime.server_args.server_args as global_args
+
+    from helios_backends.errors import RequestError
+    from sglang_plugin.configs import HeliosCoreSamplingParams
+
+    req = SimpleNamespace(extra={"explicit_fields": ["height", "width"]})
+    monkeypatch.setattr(global_args, "_global_server_args", _server_args(parallel_folders["distilled"], num_gpus=2, ring_degree=2))
+    with pytest.raises(RequestError, match=r"= 2 must divide the 27 current-chunk tokens of pyramid stage 1 of 3") as info:
+        HeliosCoreSamplingParams(prompt="a kite", height=64, width=192).prepare_video_request_for_queue(req)
+    assert info.value.field == "height"
+    HeliosCoreSamplingParams(prompt="a kite", height=64, width=256).prepare_video_request_for_queue(req)
+    monkeypatch.setattr(global_args, "_global_server_args", _server_args(parallel_folders["distilled"]))
+    HeliosCoreSamplingParams(prompt="a kite", height=64, width=192).prepare_video_request_for_queue(req)  # one GPU: any token count

@@ -79,3 +79,51 @@ def test_distributed_layerwise_offload_is_refused_naming_the_flag(parallel_folde
 
     with pytest.raises(ValueError, match="enable-distributed-layerwise-offload"):
         core_offload(OmniDiffusionConfig(model=str(parallel_folders["distilled"]), enable_distributed_layerwise_offload=True))
+
+
+def test_the_engine_refuses_sizes_its_sequence_parallel_degree_cannot_split_before_queueing(parallel_folders):
+    from types import SimpleNamespace
+
+    from vllm_omni.diffusion.data import OmniDiffusionConfig
+    from vllm_omni.errors import OmniClientError
+    from vllm_omni.inputs.data import OmniDiffusionSamplingParams
+
+    from vllm_plugin.pipeline import get_pre_process_func
+
+    folder = str(parallel_folders["distilled"])
+
+    def request(width: int):
+        return SimpleNamespace(prompt="a kite", sampling_params=OmniDiffusionSamplingParams(height=64, width=width))
+
+    ring2 = get_pre_process_func(OmniDiffusionConfig(model=folder, parallel_config=DiffusionParallelConfig(ring_degree=2)))
+    with pytest.raises(OmniClientError, match=r"height: ulysses_degree x ring_degree = 2 must divide the 27 current-chunk tokens"):
+        ring2(request(192))
+    ring2(request(256))
+    get_pre_process_func(OmniDiffusionConfig(model=folder))(request(192))  # one worker: any token count
+
+
+def test_the_http_check_refuses_sizes_the_served_sequence_parallel_degree_cannot_split(parallel_folders):
+    from types import SimpleNamespace
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from vllm_plugin.http import HeliosRequestCheck
+
+    async def queued(request):
+        return PlainTextResponse("queued")
+
+    app = Starlette(routes=[Route("/v1/videos", queued, methods=["POST"])], middleware=[Middleware(HeliosRequestCheck)])
+    client = TestClient(app)
+    form = {"prompt": "a kite", "height": "64", "width": "192", "extra_params": '{"pyramid_steps": [1, 1, 1]}'}
+    for ulysses, ring, status in ((None, 2, 400), (2, None, 400), (None, None, 200)):
+        app.state.args = SimpleNamespace(model=str(parallel_folders["distilled"]), ulysses_degree=ulysses, ring_degree=ring)
+        response = client.post("/v1/videos", data=form)
+        assert response.status_code == status, (ulysses, ring, response.text)
+    assert client.post("/v1/videos", data={**form, "width": "256"}).text == "queued"
+    app.state.args = SimpleNamespace(model=str(parallel_folders["distilled"]), ulysses_degree=2, ring_degree=None)
+    error = client.post("/v1/videos", data=form).json()["error"]
+    assert error["param"] == "height" and "= 2 must divide the 27 current-chunk tokens" in error["message"]
