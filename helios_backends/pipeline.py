@@ -283,7 +283,7 @@ class Helios:
                     pending = None
                 if decode:
                     pending = (chunk, self.decode_async(gen, chunk))
-                    if pending[1].ready():  # decoded synchronously (no side stream)
+                    if pending[1].ready():  # decoded synchronously (off CUDA) or already done
                         yield ChunkOutput(chunk.index, chunk.latents, pending[1].result())
                         pending = None
                 else:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .config import PipelineConfig, SchedulerConfig
 from .errors import GenerationCancelled, GenerationTimeout, RequestError
 from .parallel import ParallelGroups, cfg_branches
-from .request import Plan
+from .request import LATENT_STRIDE, Plan
 from .schedule import calculate_shift, image_seq_len, renoise_coefficients, single_stage_schedule, stage_layout, stage_schedule
 from .schedulers import make_stepper
 from .transformer import FramePositions, HeliosTransformer, History
@@ -152,7 +152,7 @@ class Generation:
         self.positions = FramePositions.helios(plan.history_sizes, plan.chunk_frames, plan.keep_first_frame)
 
         b = plan.batch_size
-        self.latent_hw = (plan.height // 8, plan.width // 8)
+        self.latent_hw = (plan.height // LATENT_STRIDE, plan.width // LATENT_STRIDE)
         sizes = list(plan.history_sizes)
         if not plan.keep_first_frame:
             sizes[-1] += 1  # without the first-frame prefix the short view takes two recent frames

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.launch import free_port
 from helios_backends.cli import main
 from helios_backends.video import Mp4Writer, decode_mp4
 
 from .conftest import HEIGHT, WIDTH, random_image, random_video, relative_error
-from .test_parallel import free_port
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bench.launch import free_port
 from helios_backends.config import TransformerConfig
 from helios_backends.errors import RequestError
 from helios_backends.parallel import ParallelConfig, ParallelGroups
@@ -35,12 +35,6 @@ CASES = {
         ("ulysses4", ParallelConfig(ulysses_degree=4), ("distilled",)),
         ("cfg2xulysses2", ParallelConfig(ulysses_degree=2, cfg_parallel=True), ("mid",))],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def latents(core: Helios, request: GenerationRequest) -> torch.Tensor:
