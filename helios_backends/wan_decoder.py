@@ -107,7 +107,7 @@ class WanChunkDecoder:
         for attn, resnet in zip(dec.mid_block.attentions, dec.mid_block.resnets[1:]):
             x = attn(x)  # per frame already: batched over the chunk's frames
             x = self._resnet(resnet, x, cache)
-        for block in dec.up_blocks[: self.last_temporal]:
+        for block in dec.up_blocks[: max(self.last_temporal, 0)]:
             x = self._up_block(block, x, cache, first)
         if self.last_temporal >= 0:
             block = dec.up_blocks[self.last_temporal]

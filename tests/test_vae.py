@@ -57,6 +57,15 @@ def test_chunks_of_any_length_even_a_single_frame_continue_the_video_exactly():
     assert_close(torch.cat(parts, 2), diffusers_decode(vae, z))
 
 
+def test_a_decoder_without_temporal_upsampling_runs_each_up_block_once():
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**{**TINY_VAE, "temperal_downsample": [False, False, False]}).eval()
+    z = latents(4)
+    decoder, cache = WanChunkDecoder(vae, frames_per_pass=1), DecoderCache()
+    got = torch.cat([decoder(z[:, :, :2], cache), decoder(z[:, :, 2:], cache)], 2)
+    assert_close(got, diffusers_decode(vae, z))
+
+
 def test_channels_last_weights_and_activations_decode_the_same_video():
     vae = tiny_vae()
     z = latents(2 * CHUNK)
