@@ -22,24 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_gpu import RUNS, Bench  # noqa: E402
+from probe_gpu import wall_time  # noqa: E402
 
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def seconds(fn, device, reps: int) -> float:
-    """Mean seconds per call after one warm-up call."""
-    import time
-
-    fn()
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t) / reps
 
 
 class Recorder:
@@ -98,13 +86,13 @@ def gemm_rates(device, dtype, reps: int) -> list[str]:
             a = torch.randn(m, k, device=device, dtype=dtype)
             w = torch.randn(n, k, device=device, dtype=dtype)
             bias = torch.zeros(n, device=device, dtype=dtype)
-            t = seconds(lambda: torch.nn.functional.linear(a, w, bias), device, reps)
+            t = wall_time(lambda: torch.nn.functional.linear(a, w, bias), device, reps)
             lines.append(f"  M={m} N={n} K={k} ({what}): {t * 1e3:.3f} ms, {2 * m * n * k / t / 1e12:.0f} TFLOP/s")
             if what == "ffn up":
                 gelu = torch.nn.functional.gelu
-                t = seconds(lambda: gelu(torch.nn.functional.linear(a, w, bias), approximate="tanh"), device, reps)
+                t = wall_time(lambda: gelu(torch.nn.functional.linear(a, w, bias), approximate="tanh"), device, reps)
                 lines.append(f"  M={m} N={n} K={k} (ffn up, then GELU): {t * 1e3:.3f} ms")
-                t = seconds(lambda: torch._addmm_activation(bias, a, w.t(), use_gelu=True), device, reps)
+                t = wall_time(lambda: torch._addmm_activation(bias, a, w.t(), use_gelu=True), device, reps)
                 lines.append(f"  M={m} N={n} K={k} (ffn up, GELU in the cuBLASLt epilogue): {t * 1e3:.3f} ms")
     return lines
 
@@ -145,10 +133,10 @@ def main():
     with torch.no_grad():
         for shape in stages:
             a, _ = our_calls[shape]
-            graphed = seconds(lambda: denoiser(*a), device, args.reps)
-            eager = seconds(lambda: bench.fast(*a), device, args.reps)
+            graphed = wall_time(lambda: denoiser(*a), device, args.reps)
+            eager = wall_time(lambda: bench.fast(*a), device, args.reps)
             ta, tkw = their_calls[shape]
-            theirs = seconds(lambda: pipe.transformer(*ta, **tkw), device, args.reps)
+            theirs = wall_time(lambda: pipe.transformer(*ta, **tkw), device, args.reps)
             lines.append(f"  {shape}: ours graphed {graphed:.4f}, ours eager {eager:.4f}, diffusers compiled {theirs:.4f} "
                          f"(ours graphed / diffusers {graphed / theirs:.3f})")
             print(lines[-1], flush=True)
