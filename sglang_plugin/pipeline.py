@@ -27,9 +27,8 @@ from sglang.multimodal_gen.runtime.utils.hf_diffusers_utils import maybe_downloa
 from sglang.multimodal_gen.runtime.utils.logging_utils import init_logger
 from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYPE
 
-from helios_backends.pipeline import Helios
-
 from helios_backends.loading import read_configs
+from helios_backends.pipeline import Helios
 
 from .offload import core_offload
 from .parallel import worker_parallel_groups

@@ -23,7 +23,7 @@ from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
 from vllm_omni.errors import OmniClientError
 
 from helios_backends.errors import GenerationTimeout, RequestError
-from helios_backends.loading import plan_for_folder, read_configs
+from helios_backends.loading import FolderConfigs, plan_for_folder, read_configs
 from helios_backends.media import MAX_VIDEO_FRAMES
 from helios_backends.config import uses_cfg_by_default
 from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_parallel_config
@@ -70,6 +70,13 @@ def core_parallel_config(parallel_config, num_heads: int, uses_cfg: bool = True)
              "cfg_degree": CORE_PARALLEL_SETTINGS["cfg_parallel_size"]}
     return engine_parallel_config(
         degrees["ulysses_degree"], degrees["ring_degree"], degrees["cfg_parallel_size"], num_heads, flags, uses_cfg
+    )
+
+
+def served_parallel_config(od_config: OmniDiffusionConfig, configs: FolderConfigs) -> ParallelConfig:
+    """`core_parallel_config` for the served folder's head count and variant (its read_configs)."""
+    return core_parallel_config(
+        od_config.parallel_config, configs.transformer.num_attention_heads, uses_cfg_by_default(configs.pipeline.variant)
     )
 
 
@@ -152,9 +159,7 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
     folder = Path(od_config.model)
     configs = read_configs(folder)  # a folder that cannot serve fails at start-up
     kind = configs.scheduler.kind
-    sp_degree = core_parallel_config(
-        od_config.parallel_config, configs.transformer.num_attention_heads, uses_cfg_by_default(configs.pipeline.variant)
-    ).sp_degree
+    sp_degree = served_parallel_config(od_config, configs).sp_degree
 
     def pre_process(request):
         sampling = request.sampling_params
@@ -238,9 +243,7 @@ class HeliosCorePipeline(nn.Module):
         self.od_config = od_config
         configs = read_configs(od_config.model)
         # Refuses, at start-up, what the core cannot run; maps the rest onto the engine's groups.
-        config = core_parallel_config(
-            od_config.parallel_config, configs.transformer.num_attention_heads, uses_cfg_by_default(configs.pipeline.variant)
-        )
+        config = served_parallel_config(od_config, configs)
         check_cpu_workers(od_config, config)
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
