@@ -9,7 +9,6 @@ WanChunkDecoder already runs each layer once per chunk.
 
 from __future__ import annotations
 
-import time
 import weakref
 from dataclasses import dataclass
 
@@ -50,8 +49,6 @@ class GraphedTransformer:
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
         self.text: dict[tuple, _StaticText] = {}  # per K/V shape
-        self.captures = 0
-        self.warmup_seconds = 0.0
 
     def __getattr__(self, name):
         return getattr(self.transformer, name)
@@ -81,8 +78,6 @@ class GraphedTransformer:
         return output.clone()
 
     def _capture(self, latents, timestep, kv, dtype, history, rope):
-        start = time.perf_counter()
-        self.captures += 1
         inputs = {
             "latents": latents.clone(),
             "timestep": timestep.clone(),
@@ -103,5 +98,4 @@ class GraphedTransformer:
         with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
             output = forward()
         torch.cuda.synchronize()
-        self.warmup_seconds += time.perf_counter() - start
         return graph, inputs, output
