@@ -101,6 +101,47 @@ class Timer:
         return self.total + sum(a.elapsed_time(b) for a, b in self.events) / 1000
 
 
+class PeakMeter:
+    """Peak GPU memory over a run, and peak allocated within each wrapped kind of call. The caching
+    allocator counts in host order, so no synchronisation is needed: before each call the peaks so
+    far are kept and the counters reset, after it the call's own peak is read."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.allocated = self.reserved = 0
+        self.within: dict[str, int] = {}
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def _keep(self) -> int:
+        peak = torch.cuda.max_memory_allocated()
+        self.allocated = max(self.allocated, peak)
+        self.reserved = max(self.reserved, torch.cuda.max_memory_reserved())
+        return peak
+
+    def wrap(self, name: str, fn):
+        if not self.cuda:
+            return fn
+
+        def measured(*args, **kwargs):
+            self._keep()
+            torch.cuda.reset_peak_memory_stats()
+            out = fn(*args, **kwargs)
+            self.within[name] = max(self.within.get(name, 0), self._keep())
+            return out
+
+        return measured
+
+    def gib(self, name: str | None = None, reserved: bool = False) -> float:
+        """The run's peak allocated (or reserved) so far, or the peak allocated within `name`'s calls."""
+        if not self.cuda:
+            return float("nan")
+        if name is not None:
+            return self.within.get(name, 0) / 2**30
+        self._keep()
+        return (self.reserved if reserved else self.allocated) / 2**30
+
+
 def random_weights(model: torch.nn.Module, device, dtype) -> None:
     """Replace every parameter with random values of the released model's scale and dtype."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -231,7 +272,6 @@ class Bench:
         helios = self.our_pipeline(run.variant, fast)
         t_model, t_vae = Timer(self.device, sync=False), Timer(self.device, sync=False)
         denoiser, decode = helios.denoiser, helios.vae._decode
-        helios.vae._decode = t_vae.wrap(decode)
         writer = None
         if write_mp4:
             from helios_backends.video import Mp4Writer
@@ -240,12 +280,13 @@ class Bench:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # reserved = this run's (our graphs' pool stays: it is in use)
-            torch.cuda.reset_peak_memory_stats()
+        meter = PeakMeter(self.cuda)
+        helios.vae._decode = meter.wrap("vae", t_vae.wrap(decode))
         latents, first, first_frames, out_frames = [], None, None, 0
         try:
             start = time.perf_counter()
             gen = helios.start(self.request(run, frames), prompt_embeds=self.prompt, negative_prompt_embeds=self.negative)
-            gen.transformer = _TimedDenoiser(denoiser, t_model)
+            gen.transformer = _TimedDenoiser(denoiser, meter.wrap("transformer", t_model.wrap(denoiser)))
             for out in helios.stream(gen):
                 latents.append(out.latents)
                 out_frames += out.frames.shape[1]
@@ -263,7 +304,7 @@ class Bench:
             if writer is not None:
                 writer.close(discard=True)
         impl = "ours" if write_mp4 else "ours (no mp4)"
-        row = self._row(impl, run, wall, out_frames, t_model, t_vae, first, torch.cat(latents, 2).float().cpu())
+        row = self._row(impl, run, wall, out_frames, t_model, t_vae, meter, first, torch.cat(latents, 2).float().cpu())
         row["first_frames"] = first_frames
         return row
 
@@ -271,15 +312,15 @@ class Bench:
         pipe = self.their_pipeline(run.variant)
         t_model, t_vae = Timer(self.device), Timer(self.device)
         forward, decode = pipe.transformer.forward, pipe.vae.decode
-        pipe.transformer.forward = t_model.wrap(forward)
-        pipe.vae.decode = t_vae.wrap(decode)
         kw = dict(num_inference_steps=run.steps[0]) if run.variant == "base" else dict(
             pyramid_num_inference_steps_list=list(run.steps), is_amplify_first_chunk=run.variant == "distilled",
             use_zero_init=True, zero_steps=1)
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        meter = PeakMeter(self.cuda)
+        pipe.transformer.forward = meter.wrap("transformer", t_model.wrap(forward))
+        pipe.vae.decode = meter.wrap("vae", t_vae.wrap(decode))
         try:
             t_model._sync()
             start = time.perf_counter()
@@ -293,22 +334,21 @@ class Bench:
             del pipe.transformer.forward
             del pipe.vae.decode
         first = None if t_vae.first_end is None else t_vae.first_end - start
-        return self._row("diffusers", run, wall, out.shape[1], t_model, t_vae, first, None)
+        return self._row("diffusers", run, wall, out.shape[1], t_model, t_vae, meter, first, None)
 
-    def _row(self, impl, run, wall, frames, t_model, t_vae, first, latents) -> dict:
-        peak = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else float("nan")
-        reserved = torch.cuda.max_memory_reserved() / 2**30 if self.cuda else float("nan")
+    def _row(self, impl, run, wall, frames, t_model, t_vae, meter: PeakMeter, first, latents) -> dict:
         return dict(impl=impl, run=run.name, frames=frames, wall=wall, fps=frames / wall, transformer=t_model.seconds,
                     transformer_calls=t_model.calls, vae=t_vae.seconds, vae_calls=t_vae.calls, first_chunk=first,
-                    peak_gib=peak, peak_reserved_gib=reserved, latents=latents)
+                    peak_gib=meter.gib(), peak_transformer_gib=meter.gib("transformer"), peak_vae_gib=meter.gib("vae"),
+                    peak_reserved_gib=meter.gib(reserved=True), latents=latents)
 
 
 class _TimedDenoiser:
-    """The sampler's denoiser with each call timed (delegates everything else)."""
+    """The sampler's denoiser with each call through `call` (timed; delegates everything else)."""
 
-    def __init__(self, denoiser, timer: Timer):
+    def __init__(self, denoiser, call):
         self.denoiser = denoiser
-        self.call = timer.wrap(denoiser)
+        self.call = call
 
     def __call__(self, *args):
         return self.call(*args)
@@ -329,7 +369,7 @@ def main():
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--gamma", type=float, default=1 / 3, help="pyramid gamma (released: 1/3; CPU fp32 Cholesky needs e.g. 0.3)")
     parser.add_argument("--vae-frames-per-call", type=int, default=1,
-                        help="ours: latent frames per pass of the VAE's full-resolution layers (default 1, the core's; 0: a whole chunk)")
+                        help="ours: latent frames per pass of the VAE's upsampled layers (default 1, the core's; 0: a whole chunk)")
     parser.add_argument("--ours", nargs="+", default=["mp4"], choices=["mp4", "no-mp4"],
                         help="ours: one timed run each, streaming into an mp4 or handing the frames out only")
     parser.add_argument("--size", type=int, nargs=3, metavar=("HEIGHT", "WIDTH", "FRAMES"), help="override every run's size (smoke tests)")
@@ -387,7 +427,8 @@ def write_results(bench, rows, notes, args):
     lines = [
         f"GPU: {bench.gpu}; torch {torch.__version__}; config {args.config}; runs {' '.join(args.runs)}",
         "",
-        "| run | impl | frames | wall s | FPS | transformer s (calls) | VAE s (calls) | first chunk s | warm-up s | peak allocated GiB | peak reserved GiB | ours/diffusers FPS |",
+        "| run | impl | frames | wall s | FPS | transformer s (calls) | VAE s (calls) | first chunk s | warm-up s "
+        "| peak allocated GiB (in transformer / VAE) | peak reserved GiB | ours/diffusers FPS |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_run = {}
@@ -400,7 +441,8 @@ def write_results(bench, rows, notes, args):
             first = "-" if r["first_chunk"] is None else f"{r['first_chunk']:.2f}"
             lines.append(
                 f"| {run} | {impl} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {r['transformer']:.2f} ({r['transformer_calls']}) "
-                f"| {r['vae']:.2f} ({r['vae_calls']}) | {first} | {r['warmup']:.1f} | {r['peak_gib']:.1f} | {r['peak_reserved_gib']:.1f} | "
+                f"| {r['vae']:.2f} ({r['vae_calls']}) | {first} | {r['warmup']:.1f} "
+                f"| {r['peak_gib']:.2f} ({r['peak_transformer_gib']:.2f} / {r['peak_vae_gib']:.2f}) | {r['peak_reserved_gib']:.2f} | "
                 f"{'' if ratio is None else f'{ratio:.2f}x'} |"
             )
     lines += [""] + [f"- {n}" for n in notes]

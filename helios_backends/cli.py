@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model: text encoder off the GPU between prompts; layer: also stream transformer blocks from host memory")
     g.add_argument("--offload-slots", type=int, default=2, help="transformer blocks resident on the GPU with --offload layer")
     g.add_argument("--vae-frames-per-call", type=int, default=1,
-                   help="latent frames per pass of the VAE decoder's full-resolution layers; 0: a whole chunk (~8.5 GiB more at 384x640 bf16)")
+                   help="latent frames per pass of the VAE decoder's upsampled layers; 0: a whole chunk (~8.5 GiB more at 384x640 bf16)")
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (run under torchrun)")
     g.add_argument("--ring-degree", type=int, default=1, help="Ring attention sequence parallelism (run under torchrun)")
     g.add_argument("--cfg-parallel", action="store_true", help="conditional/unconditional branches on two ranks (run under torchrun)")
@@ -243,8 +243,6 @@ def run(
     from .pipeline import Helios
     from .video import Mp4Writer
 
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # the VAE's conv3d shapes repeat every chunk
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
                                     offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)
     try:

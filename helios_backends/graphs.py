@@ -9,6 +9,7 @@ WanChunkDecoder already runs each layer once per chunk.
 
 from __future__ import annotations
 
+import gc
 import weakref
 from dataclasses import dataclass
 
@@ -29,44 +30,86 @@ def _clone(x):
     return x.clone() if isinstance(x, torch.Tensor) else tuple(_clone(t) for t in x)
 
 
+MAX_TEXT_SLOTS = 2  # the live contexts of one request: cond and uncond under CFG
+
+
+def _kv_shape(context: TextContext) -> tuple:
+    return tuple(context.kv[0][0].shape)
+
+
 @dataclass
-class _StaticText:
-    source: weakref.ref  # the TextContext whose values `kv` holds now
-    kv: tuple
+class _TextSlot:
+    kv: tuple  # the static K/V buffers this slot's graphs read
+    owner: weakref.ref  # the TextContext whose values `kv` holds
 
 
 class GraphedTransformer:
     """Drop-in for HeliosTransformer.__call__ in the sampler, replaying CUDA graphs.
 
-    Graphs are keyed by shape only: every graph reads the text K/V from one static buffer, which
-    takes a request's context when it changes (cond and uncond alternate under CFG: a ~0.4 GB
-    device copy, well under 1% of a call). Keying by a text slot instead made a new request land
-    on a new slot and capture its graphs again, mid-request.
+    Graphs read the text K/V from static buffers, a few slots per K/V shape, each held by one live
+    TextContext. `encode_text` hands out contexts that live in a free slot, so the graphs read them
+    with no copy and no second copy of the K/V (~0.4 GB for the 14B model) stays allocated. A slot
+    is free once its context is gone, so a new request lands in the slot of the last one and
+    replays its graphs: keying graphs by a new slot per request made every request capture its
+    graphs again, mid-request. A context that finds no slot (made elsewhere, or while the slots
+    were held) is copied into a free one, or runs eagerly when every slot stays held.
     """
 
     def __init__(self, transformer: HeliosTransformer):
         self.transformer = transformer
-        self.pool = torch.cuda.graph_pool_handle()
+        self.pool = None  # made at the first capture
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
-        self.text: dict[tuple, _StaticText] = {}  # per K/V shape
+        self.text: dict[tuple, list[_TextSlot]] = {}
 
     def __getattr__(self, name):
         return getattr(self.transformer, name)
 
-    def _text_kv(self, context: TextContext) -> tuple:
-        """The static K/V buffers for `context`'s shape, holding `context`'s values."""
-        shape = tuple(context.kv[0][0].shape)
-        if shape not in self.text:
-            self.text[shape] = _StaticText(weakref.ref(context), _clone(context.kv))
-        static = self.text[shape]
-        if static.source() is not context:
-            _copy_into(static.kv, context.kv)
-            static.source = weakref.ref(context)
-        return static.kv
+    def encode_text(self, text: torch.Tensor) -> TextContext:
+        context = self.transformer.encode_text(text)
+        slots = self.text.setdefault(_kv_shape(context), [])
+        slot = self._free_slot(slots)
+        if slot is None:
+            if len(slots) < MAX_TEXT_SLOTS:
+                slots.append(_TextSlot(context.kv, weakref.ref(context)))
+            return context
+        _copy_into(slot.kv, context.kv)
+        owned = TextContext(slot.kv, context.dtype)  # `context`'s own buffers are freed on return
+        slot.owner = weakref.ref(owned)
+        return owned
+
+    @staticmethod
+    def _free_slot(slots: list[_TextSlot]) -> _TextSlot | None:
+        """A slot whose context is gone; when the slots are full, after a garbage collection
+        (a finished request's generator may hold its contexts in a reference cycle)."""
+        for attempt in range(2):
+            free = next((s for s in slots if s.owner() is None), None)
+            if free is not None or len(slots) < MAX_TEXT_SLOTS or attempt:
+                return free
+            gc.collect()
+
+    def _slot_of(self, context: TextContext) -> int | None:
+        """The index of the slot holding `context`'s values, claiming one if needed; None when
+        every slot stays held by other live contexts."""
+        slots = self.text.setdefault(_kv_shape(context), [])
+        for i, slot in enumerate(slots):
+            if slot.owner() is context:
+                return i
+        slot = self._free_slot(slots)
+        if slot is not None:
+            _copy_into(slot.kv, context.kv)
+            slot.owner = weakref.ref(context)
+            return slots.index(slot)
+        if len(slots) < MAX_TEXT_SLOTS:
+            slots.append(_TextSlot(_clone(context.kv), weakref.ref(context)))
+            return len(slots) - 1
+        return None
 
     def __call__(self, latents, timestep, context: TextContext, history: History, rope: Rope) -> torch.Tensor:
-        kv = self._text_kv(context)
-        key = (tuple(latents.shape), latents.dtype, timestep.dtype, tuple(history.short.shape), tuple(kv[0][0].shape))
+        index = self._slot_of(context)
+        if index is None:
+            return self.transformer(latents, timestep, context, history, rope)
+        kv = self.text[_kv_shape(context)][index].kv
+        key = (tuple(latents.shape), latents.dtype, timestep.dtype, tuple(history.short.shape), _kv_shape(context), index)
         if key not in self.graphs:
             self.graphs[key] = self._capture(latents, timestep, kv, context.dtype, history, rope)
         graph, inputs, output = self.graphs[key]
@@ -94,6 +137,8 @@ class GraphedTransformer:
         with torch.cuda.stream(stream), torch.no_grad():
             forward()  # warm-up: kernel compilation, cuBLAS workspaces
         torch.cuda.current_stream().wait_stream(stream)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
             output = forward()

@@ -218,6 +218,7 @@ class Generation:
         if plan.prompt_schedule:
             starts = [s.start_chunk for s in plan.prompt_schedule]
             self.chunk_text = interpolated_prompt(self.text, starts, k, plan.interpolation_steps)
+            self._context = None  # the last chunk's context is freed first: its graph slot is reused
             self._context = self.transformer.encode_text(self.chunk_text.expand(b, -1, -1))
         else:
             self.chunk_text = self.text

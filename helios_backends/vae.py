@@ -14,10 +14,11 @@ class WanVAE:
     """Encode with diffusers' AutoencoderKLWan; decode a chunk per layer call with WanChunkDecoder.
 
     channels_last: store the decoder's conv weights and run its activations channels-last.
-    frames_per_call: latent frames whose video frames pass the decoder's full-resolution layers
-    together (1, the default: those layers' activations for 4 frames at a time; None: the whole
-    chunk, ~8.5 GiB at 384x640 bf16). The low-resolution layers always take the whole chunk. The
-    video is the same within rounding: the causal cache carries across passes.
+    frames_per_call: latent frames that pass the decoder's upsampled layers (everything after its
+    first temporal upsampling) together. 1, the default: those layers' activations for 4 video
+    frames at a time; None: the whole chunk, ~8.5 GiB at 384x640 bf16. The layers at the latents'
+    resolution always take the whole chunk. The video is the same within rounding: the causal
+    cache carries across passes.
     """
 
     temporal_factor = 4

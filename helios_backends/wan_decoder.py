@@ -9,10 +9,11 @@ The state between chunks lives in a `DecoderCache`, so decoding chunk after chun
 equals decoding the concatenated latents frame by frame in diffusers.
 
 Memory: a whole chunk at full resolution holds ~8.5 GiB of bf16 activations at 384x640, so the
-tail (everything after the last temporal upsampling: its spatial upsampling, the later up blocks,
-the output conv) can run on a few latent frames' worth of video frames at a time, one group after
-another on the same cache. The low-resolution head, where per-frame calls would be
-launch-bound, always takes the whole chunk. Causality makes the grouping invisible in the output.
+tail (everything after the first temporal upsampling: its spatial upsampling, the later up blocks,
+the output conv) can run on a few latent frames' worth of frames at a time, one group after
+another on the same cache. The head, at the latents' resolution, where per-frame calls would be
+launch-bound, always takes the whole chunk; its output is small, so what the decode holds beyond
+one group's working set is little. Causality makes the grouping invisible in the output.
 
 On CUDA each norm + SiLU runs as one fused Triton pass (`channel_rmsnorm_silu`); diffusers'
 WanRMS_norm makes an fp32 copy and four more full-size temporaries, which at full resolution are
@@ -22,6 +23,8 @@ The diffusers modules' own parameters are used; nothing is copied.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +76,27 @@ def to_channels_last(model: AutoencoderKLWan) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
+@contextmanager
+def _cudnn_benchmark():
+    """cuDNN picks each conv's algorithm by timing them once per shape: the decoder's shapes
+    repeat every chunk, and its heuristic choice is slower for some of them. Only for the decode,
+    whoever runs it (CLI or engine), leaving the process's setting as it was."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 class WanChunkDecoder:
     """Decodes (B, z, t, h, w) latents to (B, 3, T, H, W) video in [-1, 1], one call per layer.
 
     T = 4t - 3 for the first chunk of a video (its first latent frame gives one frame), else 4t.
     `channels_last` runs the activations in channels_last_3d (call `to_channels_last` on the
-    model too, or cuDNN transposes the weights on every call). `frames_per_pass` latent frames'
-    video frames go through the full-resolution tail together (None: the whole chunk).
+    model too, or cuDNN transposes the weights on every call). `frames_per_pass` latent frames
+    go through the tail (the layers after the first temporal upsampling) together (None: the
+    whole chunk).
     """
 
     def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_pass: int | None = None):
@@ -91,12 +108,15 @@ class WanChunkDecoder:
         self.frames_per_pass = frames_per_pass
         blocks = model.decoder.up_blocks
         temporal = [i for i, b in enumerate(blocks) if b.upsamplers is not None and b.upsamplers[0].mode == "upsample3d"]
-        self.last_temporal = temporal[-1] if temporal else -1  # the up block whose upsampler the tail finishes
-        self.time_factor = 2 ** len(temporal)
+        self.split = temporal[0] if temporal else -1  # the up block whose time upsampling ends the head
+        self.head_factor = 2 if temporal else 1  # head output frames per latent frame (after the first)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
-        cache = DecoderCache() if cache is None else cache
+        with _cudnn_benchmark():
+            return self._decode(z, DecoderCache() if cache is None else cache)
+
+    def _decode(self, z: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         first = not cache.started
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last_3d)
@@ -107,31 +127,32 @@ class WanChunkDecoder:
         for attn, resnet in zip(dec.mid_block.attentions, dec.mid_block.resnets[1:]):
             x = attn(x)  # per frame already: batched over the chunk's frames
             x = self._resnet(resnet, x, cache)
-        for block in dec.up_blocks[: max(self.last_temporal, 0)]:
+        for block in dec.up_blocks[: max(self.split, 0)]:
             x = self._up_block(block, x, cache, first)
-        if self.last_temporal >= 0:
-            block = dec.up_blocks[self.last_temporal]
+        if self.split >= 0:
+            block = dec.up_blocks[self.split]
             for resnet in block.resnets:
                 x = self._resnet(resnet, x, cache)
             x = self._upsample_time(block.upsamplers[0], x, cache, first)
         groups = self._tail_groups(z.shape[2], first)
-        out = torch.cat([self._tail(part, cache) for part in x.split(groups, dim=2)], dim=2)
+        out = torch.cat([self._tail(part, cache, first and i == 0) for i, part in enumerate(x.split(groups, dim=2))], dim=2)
         cache.started = True
         return out.clamp_(-1.0, 1.0)
 
     def _tail_groups(self, latent_frames: int, first: bool) -> list[int]:
-        """Video frames per tail pass: `frames_per_pass` latent frames each (a video's first latent
-        frame gives one frame, the others `time_factor`)."""
-        per_latent = [1 if first and i == 0 else self.time_factor for i in range(latent_frames)]
+        """Head output frames per tail pass: `frames_per_pass` latent frames each (a video's first
+        latent frame gives one frame, the others `head_factor`)."""
+        per_latent = [1 if first and i == 0 else self.head_factor for i in range(latent_frames)]
         n = self.frames_per_pass or latent_frames
         return [sum(per_latent[i : i + n]) for i in range(0, latent_frames, n)]
 
-    def _tail(self, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+    def _tail(self, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+        """first: x starts with a video's first frame (the later temporal upsamplers pass it through)."""
         dec = self.model.decoder
-        if self.last_temporal >= 0:
-            x = self._upsample_space(dec.up_blocks[self.last_temporal].upsamplers[0], x)
-        for block in dec.up_blocks[self.last_temporal + 1 :]:
-            x = self._up_block(block, x, cache, first=False)  # no temporal upsampling left
+        if self.split >= 0:
+            x = self._upsample_space(dec.up_blocks[self.split].upsamplers[0], x)
+        for block in dec.up_blocks[self.split + 1 :]:
+            x = self._up_block(block, x, cache, first)
         return self._conv(dec.conv_out, self._norm_act(dec.norm_out, dec.nonlinearity, x), cache)
 
     @staticmethod
