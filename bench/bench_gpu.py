@@ -16,6 +16,7 @@ Prompt embeddings are random tensors passed to both (no text encoder time on eit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -220,6 +221,7 @@ class Bench:
         torch.manual_seed(0)
         vae_cfg = {} if args.config == "14b" else TINY_VAE
         self.vae = AutoencoderKLWan(**vae_cfg).to(self.device, self.dtype).eval().requires_grad_(False)
+        self.our_vae = copy.deepcopy(self.vae)  # the same weights; ours stores them channels-last on CUDA, diffusers' keep their layout
         self.build_seconds = time.perf_counter() - t
         text_dim = self.config.text_dim
         g = torch.Generator(device=self.device).manual_seed(1)
@@ -239,7 +241,7 @@ class Bench:
     def our_pipeline(self, variant: str, fast: bool = True) -> Helios:
         key = f"{variant}-{fast}"
         if key not in self.ours:
-            vae = WanVAE(self.vae, frames_per_call=self.vae_frames_per_call or None)
+            vae = WanVAE(self.our_vae, frames_per_call=self.vae_frames_per_call or None)
             transformer = self.fast if fast else self.slow
             self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), None, vae,
                                     cuda_graphs=fast and self.cuda)

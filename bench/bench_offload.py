@@ -17,6 +17,7 @@ warms up on a 33-frame request, then times the requested frames.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def run_ours(ref, vae, device, mode: str, slots: int, prompt, out: Path):
     torch.cuda.empty_cache()
     graphs = layers is None
     helios = Helios(model, pipeline_config("distilled"), scheduler_config("distilled", 1 / 3, out), None,
-                    WanVAE(vae), cuda_graphs=graphs)
+                    WanVAE(copy.deepcopy(vae)), cuda_graphs=graphs)  # a copy: ours stores it channels-last
     helios.offload, helios.layers = mode, layers
 
     def request(n):

@@ -59,8 +59,8 @@ def wall_time(fn, device: torch.device, reps: int) -> float:
 
 def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=torch.bfloat16, reps=3) -> dict[str, float]:
     """A video's first chunk (9 latent frames -> 33 frames at 384x640): diffusers' frame-by-frame
-    decode vs WanChunkDecoder (whole chunk; its tail 1 or 2 latent frames per pass;
-    channels_last_3d). Returns seconds and max abs diffs."""
+    decode vs WanChunkDecoder (whole chunk; its tail 1 or 2 latent frames per pass; channel-first
+    and channels_last_3d). Returns seconds and max abs diffs."""
     from diffusers import AutoencoderKLWan
 
     from helios_backends.wan_decoder import WanChunkDecoder, to_channels_last
@@ -95,7 +95,7 @@ def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=t
             if n == 1 and device.type == "cuda":
                 from profile_step import kernel_table
 
-                print("kernels of that decode (the core's default):", *kernel_table(lambda: grouped(z), device, 16), sep="\n", flush=True)
+                print("kernels of that decode:", *kernel_table(lambda: grouped(z), device, 16), sep="\n", flush=True)
         late = WanChunkDecoder(vae, frames_per_pass=1)
         temporal = [i for i, b in enumerate(vae.decoder.up_blocks) if b.upsamplers is not None and b.upsamplers[0].mode == "upsample3d"]
         late.split, late.head_factor = temporal[-1], 2 ** len(temporal)  # the third session's split
@@ -103,6 +103,12 @@ def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=t
         to_channels_last(vae)  # in place, so after the default-layout runs
         ours_channels_last = WanChunkDecoder(vae, channels_last=True)
         measure("ours chunk-wise channels_last_3d", lambda: ours_channels_last(z))
+        default = WanChunkDecoder(vae, channels_last=True, frames_per_pass=1)
+        measure("ours, tail 1 latent frame per pass, channels_last_3d", lambda: default(z))
+        if device.type == "cuda":
+            from profile_step import kernel_table
+
+            print("kernels of that decode (the core's default on CUDA):", *kernel_table(lambda: default(z), device, 16), sep="\n", flush=True)
     return results
 
 

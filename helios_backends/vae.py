@@ -13,7 +13,9 @@ from .wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
 class WanVAE:
     """Encode with diffusers' AutoencoderKLWan; decode a chunk per layer call with WanChunkDecoder.
 
-    channels_last: store the decoder's conv weights and run its activations channels-last.
+    channels_last: store the decoder's conv weights and run its activations channels-last, the
+    layout cuDNN's convolutions take natively (channel-first, it transposes around every conv).
+    None: on CUDA.
     frames_per_call: latent frames that pass the decoder's upsampled layers (everything after its
     first temporal upsampling) together. 1, the default: those layers' activations for 4 video
     frames at a time; None: the whole chunk, ~8.5 GiB at 384x640 bf16. The layers at the latents'
@@ -24,8 +26,9 @@ class WanVAE:
     temporal_factor = 4
     spatial_factor = 8
 
-    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_call: int | None = 1):
+    def __init__(self, model: AutoencoderKLWan, channels_last: bool | None = None, frames_per_call: int | None = 1):
         self.model = model
+        channels_last = model.device.type == "cuda" if channels_last is None else channels_last
         if channels_last:
             to_channels_last(model)
         self._decode = WanChunkDecoder(model, channels_last, frames_per_call)
@@ -36,7 +39,7 @@ class WanVAE:
         self.spatial_factor = cfg.scale_factor_spatial
 
     @classmethod
-    def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, channels_last: bool = False,
+    def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, channels_last: bool | None = None,
              frames_per_call: int | None = 1) -> "WanVAE":
         model = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
         return cls(model.eval().requires_grad_(False), channels_last, frames_per_call)

@@ -166,7 +166,8 @@ class WanChunkDecoder:
 
     @staticmethod
     def _norm_act(norm: WanRMS_norm, act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and isinstance(act, torch.nn.SiLU) and norm.channel_first and x.is_contiguous():
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)
+        if x.is_cuda and isinstance(act, torch.nn.SiLU) and norm.channel_first and dense:
             from helios_triton_kernels.ops import channel_rmsnorm_silu
 
             return channel_rmsnorm_silu(x, norm.gamma, norm.bias if isinstance(norm.bias, torch.Tensor) else None, norm.scale)
@@ -190,16 +191,18 @@ class WanChunkDecoder:
             x = self._upsample_time(resample, x, cache, first)
         return self._upsample_space(resample, x)
 
-    @staticmethod
-    def _upsample_space(resample: WanResample, x: torch.Tensor) -> torch.Tensor:
-        """Per frame: nearest-neighbour 2x, then the resample's 2D conv."""
+    def _upsample_space(self, resample: WanResample, x: torch.Tensor) -> torch.Tensor:
+        """Per frame: nearest-neighbour 2x, then the resample's 2D conv. Channels-last, the frames
+        are views of x and the result is channels_last_3d; channel-first, the result is made
+        contiguous (the next norm and conv would otherwise take a frame-major layout)."""
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         upsample, conv = resample.resample
         # Nearest-neighbour upsampling only copies values: diffusers' fp32 round trip changes nothing.
         frames = F.interpolate(frames, scale_factor=upsample.scale_factor, mode=upsample.mode)
         frames = conv(frames)
-        return frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+        out = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+        return out if self.channels_last else out.contiguous()
 
     def _upsample_time(self, resample: WanResample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
         """Each latent frame -> 2 frames (channel halves of a causal time conv), except the video's

@@ -89,7 +89,8 @@ def test_affine_layernorm_on_the_modulated_kernel_matches_torch(fused, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels,bias", [(24, False), (96, True)])
-def test_vae_channel_norm_fused_with_silu_matches_diffusers_modules(dtype, channels, bias):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_vae_channel_norm_fused_with_silu_matches_diffusers_modules(dtype, channels, bias, layout):
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
     from helios_triton_kernels.ops import channel_rmsnorm_silu
 
@@ -100,10 +101,11 @@ def test_vae_channel_norm_fused_with_silu_matches_diffusers_modules(dtype, chann
         if bias:
             norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
     norm = norm.to(dtype)
-    x = (torch.randn(2, channels, 3, 5, 7, generator=g) * 3).to(dtype)
+    x = (torch.randn(2, channels, 3, 5, 7, generator=g) * 3).to(dtype).contiguous(memory_format=layout)
     got = channel_rmsnorm_silu(x, norm.gamma, norm.bias if bias else None, norm.scale)
     with torch.no_grad():
         want = torch.nn.functional.silu(norm(x))
+    assert got.is_contiguous(memory_format=layout)
     torch.testing.assert_close(got, want, **tol(dtype))
 
 

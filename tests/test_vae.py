@@ -66,13 +66,14 @@ def test_a_decoder_without_temporal_upsampling_runs_each_up_block_once():
     assert_close(got, diffusers_decode(vae, z))
 
 
-def test_channels_last_weights_and_activations_decode_the_same_video():
+@pytest.mark.parametrize("frames_per_pass", [None, 1])
+def test_channels_last_weights_and_activations_decode_the_same_video(frames_per_pass):
     vae = tiny_vae()
     z = latents(2 * CHUNK)
     want = diffusers_decode(vae, z)
     to_channels_last(vae)
     assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    decoder, cache = WanChunkDecoder(vae, channels_last=True), DecoderCache()
+    decoder, cache = WanChunkDecoder(vae, channels_last=True, frames_per_pass=frames_per_pass), DecoderCache()
     assert_close(torch.cat([decoder(z[:, :, :CHUNK], cache), decoder(z[:, :, CHUNK:], cache)], 2), want)
     assert_close(diffusers_decode(vae, z), want)  # diffusers' own decode is unaffected by the layout
 
@@ -111,6 +112,7 @@ def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys)
     spec.loader.exec_module(probe)
     results = probe.vae_decode(tiny_vae(), (1, 16, 3, 4, 8), "cpu", torch.float32, reps=1)
     names = ["diffusers frame by frame", "ours chunk-wise", "ours, tail 1 latent frame per pass", "ours, tail 2 latent frames per pass",
-             "ours, tail after the last temporal upsampling, 1 latent frame per pass", "ours chunk-wise channels_last_3d"]
+             "ours, tail after the last temporal upsampling, 1 latent frame per pass", "ours chunk-wise channels_last_3d",
+             "ours, tail 1 latent frame per pass, channels_last_3d"]
     assert all(results[n] > 0 and results[f"{n} diff"] <= 1e-5 for n in names)
     assert capsys.readouterr().out.count("VAE decode 3 latent frames -> 9 frames 32x64 float32") == len(names)

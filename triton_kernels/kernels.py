@@ -100,17 +100,18 @@ def block_rows(width: int) -> int:
 @triton.jit
 def _channel_rmsnorm_silu(
     x_ptr, gamma_ptr, bias_ptr, out_ptr,
-    C, N, scale, eps,
+    C, N, stride_c, stride_n, scale, eps,
     HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The Wan VAE's norm + SiLU on (B, C, N) activations (N = frames x height x width): per
     position, x / max(||x over C||, eps) * scale * gamma[c] (+ bias[c]), then SiLU, in fp32.
-    A program takes BLOCK_N consecutive positions of one batch item and all channels."""
+    A program takes BLOCK_N consecutive positions of one batch item and all channels. Strides:
+    (N, 1) channel-first, (1, C) channels-last; out has x's layout."""
     b = tl.program_id(1)
     pos = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     chans = tl.arange(0, BLOCK_C)
     mask = (chans < C)[:, None] & (pos < N)[None, :]
-    offs = b.to(tl.int64) * C * N + chans[:, None].to(tl.int64) * N + pos[None, :]
+    offs = b.to(tl.int64) * C * N + chans[:, None].to(tl.int64) * stride_c + pos[None, :].to(tl.int64) * stride_n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     norm = tl.sqrt(tl.sum(x * x, axis=0))
     y = x / tl.maximum(norm, eps)[None, :]

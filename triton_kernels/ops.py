@@ -107,17 +107,21 @@ class TritonOps(TorchOps):
 
 
 def channel_rmsnorm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, scale: float, eps: float = 1e-12) -> torch.Tensor:
-    """SiLU(F.normalize(x, dim=1) * scale * gamma + bias) for contiguous (B, C, ...) x, one pass in
-    fp32: the Wan VAE decoder's norm + activation without its fp32 and per-op temporaries."""
-    x = x.contiguous()
+    """SiLU(F.normalize(x, dim=1) * scale * gamma + bias) for (B, C, T, H, W) x, one pass in fp32:
+    the Wan VAE decoder's norm + activation without its fp32 and per-op temporaries. x and the
+    output are contiguous or channels_last_3d (what cuDNN's convolutions take natively)."""
+    channels_last = x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+    if not channels_last:
+        x = x.contiguous()
     b, c = x.shape[:2]
     n = x[0, 0].numel()
-    out = torch.empty_like(x)
+    out = torch.empty_like(x)  # same layout as x
     bc = triton.next_power_of_2(c)
     bn = max(16, 8192 // bc)
     gamma = gamma.reshape(c).contiguous()
+    stride_c, stride_n = (1, c) if channels_last else (n, 1)
     _channel_rmsnorm_silu[(triton.cdiv(n, bn), b)](
-        x, gamma, gamma if bias is None else bias.reshape(c).contiguous(), out, c, n, float(scale), eps,
+        x, gamma, gamma if bias is None else bias.reshape(c).contiguous(), out, c, n, stride_c, stride_n, float(scale), eps,
         HAS_BIAS=bias is not None, BLOCK_C=bc, BLOCK_N=bn, num_warps=num_warps(bc * bn),
     )
     return out
