@@ -47,15 +47,28 @@ class DecoderCache:
         self.frames: dict[WanCausalConv3d, torch.Tensor] = {}
         self.started = False
 
-    def conv_input(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
-        """x with the CACHE_T frames before it prepended (zeros at the video's start); the cache
-        then holds x's last CACHE_T frames (through the previous ones when x is shorter)."""
+    def input_buffer(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        """conv's (B, C, CACHE_T + T, H, W) input for x: the CACHE_T frames before x in front
+        (zeros at the video's start), x's frames left for the caller to write."""
+        b, c, t, h, w = x.shape
+        buffer = torch.empty((b, c, CACHE_T + t, h, w), dtype=x.dtype, device=x.device, memory_format=_format(x))
         before = self.frames.get(conv)
         if before is None:
-            b, c, _, h, w = x.shape
-            before = x.new_zeros((b, c, CACHE_T, h, w)).contiguous(memory_format=_format(x))
-        padded = torch.cat([before, x], dim=2)
-        self.frames[conv] = padded[:, :, -CACHE_T:].clone(memory_format=_format(x))
+            buffer[:, :, :CACHE_T].zero_()
+        else:
+            buffer[:, :, :CACHE_T].copy_(before)
+        return buffer
+
+    def keep(self, conv: WanCausalConv3d, padded: torch.Tensor) -> None:
+        """After conv's input `padded` is complete: its last CACHE_T frames (through the previous
+        ones when x was shorter) are what the next frames' conv sees before them."""
+        self.frames[conv] = padded[:, :, -CACHE_T:].clone(memory_format=_format(padded))
+
+    def conv_input(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        """x with the CACHE_T frames before it prepended; the cache moves on past x."""
+        padded = self.input_buffer(conv, x)
+        padded[:, :, CACHE_T:].copy_(x)
+        self.keep(conv, padded)
         return padded
 
 
@@ -106,6 +119,9 @@ class WanChunkDecoder:
         self.model = model
         self.channels_last = channels_last
         self.frames_per_pass = frames_per_pass
+        # Norms and residual adds on the fused Triton kernels: on CUDA (the CPU tests set it under
+        # TRITON_INTERPRET=1); elsewhere torch.
+        self.fused = model.device.type == "cuda"
         blocks = model.decoder.up_blocks
         temporal = [i for i, b in enumerate(blocks) if b.upsamplers is not None and b.upsamplers[0].mode == "upsample3d"]
         self.split = temporal[0] if temporal else -1  # the up block whose time upsampling ends the head
@@ -153,31 +169,60 @@ class WanChunkDecoder:
             x = self._upsample_space(dec.up_blocks[self.split].upsamplers[0], x)
         for block in dec.up_blocks[self.split + 1 :]:
             x = self._up_block(block, x, cache, first)
-        return self._conv(dec.conv_out, self._norm_act(dec.norm_out, dec.nonlinearity, x), cache)
+        return self._norm_act_conv(dec.norm_out, dec.nonlinearity, dec.conv_out, x, cache)
 
     @staticmethod
-    def _conv(conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+    def _conv(conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache, bias: bool = True) -> torch.Tensor:
         """The causal conv over all of x's frames; spatial zero padding is done by the conv itself
-        (no padded copy of the activation)."""
+        (no padded copy of the activation). bias=False leaves the bias to the consumer's pass."""
         pad_w, _, pad_h, _, pad_t, _ = conv._padding
         if pad_t:
             x = cache.conv_input(conv, x)
-        return F.conv3d(x, conv.weight, conv.bias, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+        return F.conv3d(x, conv.weight, conv.bias if bias else None, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
 
-    @staticmethod
-    def _norm_act(norm: WanRMS_norm, act: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _norm_act_conv(self, norm: WanRMS_norm, act: torch.nn.Module, conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache,
+                       pre_bias: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
+        """conv(act(norm(x + pre_bias))), the normalised frames written straight into conv's input
+        buffer after its cached frames (no concatenation copy)."""
+        pad_w, _, pad_h, _, pad_t, _ = conv._padding
+        if pad_t != CACHE_T:
+            return self._conv(conv, self._norm_act(norm, act, x, pre_bias), cache, bias)
+        padded = cache.input_buffer(conv, x)
+        self._norm_act(norm, act, x, pre_bias, out=padded[:, :, CACHE_T:])
+        cache.keep(conv, padded)
+        return F.conv3d(padded, conv.weight, conv.bias if bias else None, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+
+    def _norm_act(self, norm: WanRMS_norm, act: torch.nn.Module, x: torch.Tensor, pre_bias: torch.Tensor | None = None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """act(norm(x + pre_bias)) into `out` (else a new tensor); pre_bias: the producing conv's
+        bias (per channel)."""
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)
-        if x.is_cuda and isinstance(act, torch.nn.SiLU) and norm.channel_first and dense:
+        if self.fused and isinstance(act, torch.nn.SiLU) and norm.channel_first and dense:
             from helios_triton_kernels.ops import channel_rmsnorm_silu
 
-            return channel_rmsnorm_silu(x, norm.gamma, norm.bias if isinstance(norm.bias, torch.Tensor) else None, norm.scale)
-        return act(norm(x))
+            bias = norm.bias if isinstance(norm.bias, torch.Tensor) else None
+            return channel_rmsnorm_silu(x, norm.gamma, bias, norm.scale, pre_bias=pre_bias, out=out)
+        y = act(norm(x if pre_bias is None else x + pre_bias.view(1, -1, 1, 1, 1)))
+        return y if out is None else out.copy_(y)
+
+    def _bias_residual(self, x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """x += bias + residual in place (x: a conv's fresh output made without its bias)."""
+        if self.fused:
+            from helios_triton_kernels.ops import bias_residual_
+
+            return bias_residual_(x, bias, residual)
+        return x.add_(residual).add_(bias.view(1, -1, 1, 1, 1))
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-        shortcut = x if isinstance(block.conv_shortcut, torch.nn.Identity) else self._conv(block.conv_shortcut, x, cache)
-        x = self._conv(block.conv1, self._norm_act(block.norm1, block.nonlinearity, x), cache)
-        x = self._conv(block.conv2, self._norm_act(block.norm2, block.nonlinearity, x), cache)
-        return x.add_(shortcut)  # the conv's fresh output
+        """The conv biases are folded into the next pass: conv1's into norm2, conv2's and the
+        shortcut's into the residual add."""
+        if isinstance(block.conv_shortcut, torch.nn.Identity):
+            shortcut, bias = x, block.conv2.bias
+        else:
+            shortcut, bias = self._conv(block.conv_shortcut, x, cache, bias=False), block.conv2.bias + block.conv_shortcut.bias
+        h = self._norm_act_conv(block.norm1, block.nonlinearity, block.conv1, x, cache, bias=False)
+        h = self._norm_act_conv(block.norm2, block.nonlinearity, block.conv2, h, cache, pre_bias=block.conv1.bias, bias=False)
+        return self._bias_residual(h, bias, shortcut)
 
     def _up_block(self, block: WanUpBlock, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
         for resnet in block.resnets:

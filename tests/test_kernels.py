@@ -12,6 +12,7 @@ from helios_backends.ops import TorchOps
 from helios_backends.pipeline import Helios
 from helios_backends.request import GenerationRequest
 from helios_backends.transformer import Rope
+from helios_backends.wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
 
 from .conftest import HEIGHT, WIDTH, relative_error
 
@@ -107,6 +108,52 @@ def test_vae_channel_norm_fused_with_silu_matches_diffusers_modules(dtype, chann
         want = torch.nn.functional.silu(norm(x))
     assert got.is_contiguous(memory_format=layout)
     torch.testing.assert_close(got, want, **tol(dtype))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_vae_norm_folds_the_previous_convs_bias_and_writes_into_a_frame_slice_of_a_buffer(layout):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+    from helios_triton_kernels.ops import channel_rmsnorm_silu
+
+    g = torch.Generator().manual_seed(1)
+    norm = WanRMS_norm(32, images=False, bias=False)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g))
+    x = torch.randn(1, 32, 3, 5, 7, generator=g).contiguous(memory_format=layout)
+    conv_bias = torch.randn(32, generator=g)
+    buffer = torch.full((1, 32, 5, 5, 7), 7.0).contiguous(memory_format=layout)  # 2 cached frames, then x's 3
+    channel_rmsnorm_silu(x, norm.gamma, None, norm.scale, pre_bias=conv_bias, out=buffer[:, :, 2:])
+    with torch.no_grad():
+        want = torch.nn.functional.silu(norm(x + conv_bias.view(1, -1, 1, 1, 1)))
+    torch.testing.assert_close(buffer[:, :, 2:], want, **tol(torch.float32))
+    assert (buffer[:, :, :2] == 7.0).all()  # the cached frames are left alone
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_residual_add_with_the_convs_bias_in_one_pass(layout):
+    from helios_triton_kernels.ops import bias_residual_
+
+    g = torch.Generator().manual_seed(2)
+    x, res = (torch.randn(2, 24, 3, 5, 7, generator=g).contiguous(memory_format=layout) for _ in range(2))
+    bias = torch.randn(24, generator=g)
+    want = x + bias.view(1, -1, 1, 1, 1) + res
+    got = bias_residual_(x, bias, res)
+    assert got is x
+    torch.testing.assert_close(x, want, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_vae_chunk_decoder_on_the_fused_kernels_equals_diffusers_frame_by_frame(channels_last):
+    from .test_vae import CHUNK, assert_close, diffusers_decode, latents, tiny_vae
+
+    vae = tiny_vae()
+    z = latents(2 * CHUNK)
+    want = diffusers_decode(vae, z)
+    if channels_last:
+        to_channels_last(vae)
+    decoder, cache = WanChunkDecoder(vae, channels_last=channels_last, frames_per_pass=1), DecoderCache()
+    decoder.fused = True  # what CUDA runs; here under the Triton interpreter
+    assert_close(torch.cat([decoder(z[:, :, :CHUNK], cache), decoder(z[:, :, CHUNK:], cache)], 2), want)
 
 
 def test_whole_run_on_fused_kernels_equals_the_torch_reference(checkpoints, cores, fused):

@@ -99,28 +99,45 @@ def block_rows(width: int) -> int:
 
 @triton.jit
 def _channel_rmsnorm_silu(
-    x_ptr, gamma_ptr, bias_ptr, out_ptr,
-    C, N, stride_c, stride_n, scale, eps,
-    HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr, gamma_ptr, bias_ptr, pre_bias_ptr, out_ptr,
+    C, N, x_sb, x_sc, x_sn, o_sb, o_sc, o_sn, scale, eps,
+    HAS_BIAS: tl.constexpr, HAS_PRE_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The Wan VAE's norm + SiLU on (B, C, N) activations (N = frames x height x width): per
-    position, x / max(||x over C||, eps) * scale * gamma[c] (+ bias[c]), then SiLU, in fp32.
-    A program takes BLOCK_N consecutive positions of one batch item and all channels. Strides:
-    (N, 1) channel-first, (1, C) channels-last; out has x's layout."""
+    position, x (+ pre_bias[c], the previous conv's bias) / max(||x over C||, eps) * scale *
+    gamma[c] (+ bias[c]), then SiLU, in fp32. A program takes BLOCK_N consecutive positions of one
+    batch item and all channels. Strides (batch, channel, position) of x and of out are free: a
+    channel-first or channels-last activation, out possibly a slice of a larger buffer."""
     b = tl.program_id(1)
     pos = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     chans = tl.arange(0, BLOCK_C)
-    mask = (chans < C)[:, None] & (pos < N)[None, :]
-    offs = b.to(tl.int64) * C * N + chans[:, None].to(tl.int64) * stride_c + pos[None, :].to(tl.int64) * stride_n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    cmask = chans < C
+    mask = cmask[:, None] & (pos < N)[None, :]
+    c64, p64 = chans[:, None].to(tl.int64), pos[None, :].to(tl.int64)
+    x = tl.load(x_ptr + b.to(tl.int64) * x_sb + c64 * x_sc + p64 * x_sn, mask=mask, other=0.0).to(tl.float32)
+    if HAS_PRE_BIAS:
+        x = tl.where(mask, x + tl.load(pre_bias_ptr + chans, mask=cmask, other=0.0).to(tl.float32)[:, None], 0.0)
     norm = tl.sqrt(tl.sum(x * x, axis=0))
     y = x / tl.maximum(norm, eps)[None, :]
-    gamma = tl.load(gamma_ptr + chans, mask=chans < C, other=0.0).to(tl.float32)
+    gamma = tl.load(gamma_ptr + chans, mask=cmask, other=0.0).to(tl.float32)
     y = y * scale * gamma[:, None]
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + chans, mask=chans < C, other=0.0).to(tl.float32)[:, None]
+        y = y + tl.load(bias_ptr + chans, mask=cmask, other=0.0).to(tl.float32)[:, None]
     y = y / (1.0 + tl.exp(-y))
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + b.to(tl.int64) * o_sb + c64 * o_sc + p64 * o_sn, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_residual(x_ptr, bias_ptr, res_ptr, numel, C, channel_stride, BLOCK: tl.constexpr):
+    """x += bias[c] + res in place, x and res of one dense layout; element i's channel is
+    (i // channel_stride) % C (channel_stride 1 channels-last, N channel-first)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < numel
+    c = (i // channel_stride) % C
+    x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(res_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(x_ptr + i, (x + bias + r).to(x_ptr.dtype.element_ty), mask=mask)
 
 
 def num_warps(block_elements: int) -> int:

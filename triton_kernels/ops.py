@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from helios_backends.ops import TorchOps
 
-from .kernels import _channel_rmsnorm_silu, _gated_residual, _modulated_layernorm, _rmsnorm_rope, block_rows, num_warps
+from .kernels import _bias_residual, _channel_rmsnorm_silu, _gated_residual, _modulated_layernorm, _rmsnorm_rope, block_rows, num_warps
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -106,22 +106,50 @@ class TritonOps(TorchOps):
         return out.unflatten(2, (heads, -1))
 
 
-def channel_rmsnorm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, scale: float, eps: float = 1e-12) -> torch.Tensor:
-    """SiLU(F.normalize(x, dim=1) * scale * gamma + bias) for (B, C, T, H, W) x, one pass in fp32:
-    the Wan VAE decoder's norm + activation without its fp32 and per-op temporaries. x and the
-    output are contiguous or channels_last_3d (what cuDNN's convolutions take natively)."""
-    channels_last = x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
-    if not channels_last:
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _bcn_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, channel, position) strides of a (B, C, T, H, W) tensor whose T, H, W positions are
+    evenly strided (contiguous or channels_last_3d, or a frame slice of one)."""
+    return x.stride(0), x.stride(1), x.stride(-1)
+
+
+def channel_rmsnorm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, scale: float, eps: float = 1e-12,
+                         pre_bias: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SiLU(F.normalize(x + pre_bias, dim=1) * scale * gamma + bias) for (B, C, T, H, W) x, one
+    pass in fp32: the Wan VAE decoder's norm + activation without its fp32 and per-op
+    temporaries. pre_bias: the producing conv's bias, folded in here instead of a pass of its own.
+    x is contiguous or channels_last_3d (what cuDNN's convolutions take natively); `out` (else a
+    new tensor of x's layout) may be a frame slice of a larger buffer of either layout."""
+    if not _channels_last(x):
         x = x.contiguous()
     b, c = x.shape[:2]
     n = x[0, 0].numel()
-    out = torch.empty_like(x)  # same layout as x
+    out = torch.empty_like(x) if out is None else out
+    if out.shape != x.shape or out.stride(-1) * out.shape[-1] != out.stride(-2) or out.stride(-2) * out.shape[-2] != out.stride(-3):
+        raise ValueError("out must be x-shaped with evenly strided positions")
     bc = triton.next_power_of_2(c)
     bn = max(16, 8192 // bc)
     gamma = gamma.reshape(c).contiguous()
-    stride_c, stride_n = (1, c) if channels_last else (n, 1)
     _channel_rmsnorm_silu[(triton.cdiv(n, bn), b)](
-        x, gamma, gamma if bias is None else bias.reshape(c).contiguous(), out, c, n, stride_c, stride_n, float(scale), eps,
-        HAS_BIAS=bias is not None, BLOCK_C=bc, BLOCK_N=bn, num_warps=num_warps(bc * bn),
+        x, gamma, gamma if bias is None else bias.reshape(c).contiguous(), gamma if pre_bias is None else pre_bias.contiguous(), out,
+        c, n, *_bcn_strides(x), *_bcn_strides(out), float(scale), eps,
+        HAS_BIAS=bias is not None, HAS_PRE_BIAS=pre_bias is not None, BLOCK_C=bc, BLOCK_N=bn, num_warps=num_warps(bc * bn),
     )
     return out
+
+
+def bias_residual_(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """x += bias (per channel, dim 1) + residual, in place and in one pass: a conv's output (made
+    without its bias) closing a residual block. Fused when x and residual are both contiguous or both
+    channels_last_3d."""
+    if not (x.is_contiguous() and residual.is_contiguous()) and not (_channels_last(x) and _channels_last(residual)):
+        return x.add_(residual).add_(bias.view(1, -1, *([1] * (x.dim() - 2))))  # no shared dense layout: torch, two passes
+    c = x.shape[1]
+    block = 2048
+    _bias_residual[(triton.cdiv(x.numel(), block),)](
+        x, bias.contiguous(), residual, x.numel(), c, 1 if _channels_last(x) else x[0, 0].numel(), BLOCK=block, num_warps=8,
+    )
+    return x
