@@ -89,6 +89,19 @@ def to_channels_last(model: AutoencoderKLWan) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
+def _nearest_2x(frames: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling of (N, C, H, W) frames (diffusers' nearest-exact: at an
+    integer factor, output pixel i takes input pixel i // 2; its fp32 round trip changes nothing,
+    since only values are copied). Channels-last, it is one broadcast copy in memory order, several
+    times faster on an H200 than upsample_nearest2d's channels-last kernel."""
+    if frames.is_contiguous() or not frames.is_contiguous(memory_format=torch.channels_last):
+        return F.interpolate(frames, scale_factor=2.0, mode="nearest")
+    n, c, h, w = frames.shape
+    pixels = frames.permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
+    up = pixels[:, :, None, :, None, :].expand(n, h, 2, w, 2, c).reshape(n, 2 * h, 2 * w, c)
+    return up.permute(0, 3, 1, 2)
+
+
 @contextmanager
 def _cudnn_benchmark():
     """cuDNN picks each conv's algorithm by timing them once per shape: the decoder's shapes
@@ -243,9 +256,8 @@ class WanChunkDecoder:
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         upsample, conv = resample.resample
-        # Nearest-neighbour upsampling only copies values: diffusers' fp32 round trip changes nothing.
-        frames = F.interpolate(frames, scale_factor=upsample.scale_factor, mode=upsample.mode)
-        frames = conv(frames)
+        frames = conv(_nearest_2x(frames) if tuple(upsample.scale_factor) == (2.0, 2.0) else
+                      F.interpolate(frames, scale_factor=upsample.scale_factor, mode=upsample.mode))
         out = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
         return out if self.channels_last else out.contiguous()
 
