@@ -17,7 +17,11 @@ one group's working set is little. Causality makes the grouping invisible in the
 
 On CUDA each norm + SiLU runs as one fused Triton pass (`channel_rmsnorm_silu`); diffusers'
 WanRMS_norm makes an fp32 copy and four more full-size temporaries, which at full resolution are
-the decode's peak and a sixth of its time.
+the decode's peak and a sixth of its time. The pass also adds the previous conv's bias and writes
+straight into the next causal conv's input buffer, and a residual block's last conv bias rides on
+its residual add (`bias_residual_`), so no activation-sized pass is spent on a bias or a
+concatenation. Channels-last (`WanVAE`'s default on CUDA) the activations stay in the layout
+cuDNN's convolutions take natively; channel-first, cuDNN transposes around every conv.
 
 The diffusers modules' own parameters are used; nothing is copied.
 """
@@ -92,8 +96,8 @@ def to_channels_last(model: AutoencoderKLWan) -> None:
 def _nearest_2x(frames: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour 2x upsampling of (N, C, H, W) frames (diffusers' nearest-exact: at an
     integer factor, output pixel i takes input pixel i // 2; its fp32 round trip changes nothing,
-    since only values are copied). Channels-last, it is one broadcast copy in memory order, several
-    times faster on an H200 than upsample_nearest2d's channels-last kernel."""
+    since only values are copied). Channels-last, it is one broadcast copy in memory order, about
+    twice as fast on an H200 as upsample_nearest2d's channels-last kernel (7 vs 16 ms a chunk)."""
     if frames.is_contiguous() or not frames.is_contiguous(memory_format=torch.channels_last):
         return F.interpolate(frames, scale_factor=2.0, mode="nearest")
     n, c, h, w = frames.shape
