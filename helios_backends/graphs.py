@@ -26,10 +26,6 @@ def _copy_into(dst, src):
             _copy_into(d, s)
 
 
-def _clone(x):
-    return x.clone() if isinstance(x, torch.Tensor) else tuple(_clone(t) for t in x)
-
-
 MAX_TEXT_SLOTS = 2  # the live contexts of one request: cond and uncond under CFG
 
 
@@ -100,7 +96,7 @@ class GraphedTransformer:
             slot.owner = weakref.ref(context)
             return slots.index(slot)
         if len(slots) < MAX_TEXT_SLOTS:
-            slots.append(_TextSlot(_clone(context.kv), weakref.ref(context)))
+            slots.append(_TextSlot(context.kv, weakref.ref(context)))  # contexts are immutable: its buffers serve
             return len(slots) - 1
         return None
 

@@ -62,6 +62,13 @@ def test_cond_and_uncond_of_one_request_hold_one_slot_each():
 
 
 @torch.no_grad()
+def test_a_context_made_outside_encode_text_takes_a_new_slot_without_a_copy():
+    g = graphed()
+    outsider = g.transformer.encode_text(text(3))
+    assert g._slot_of(outsider) == 0 and slots(g)[0].kv is outsider.kv
+
+
+@torch.no_grad()
 def test_a_context_left_in_a_reference_cycle_is_collected_to_free_its_slot():
     g = graphed()
     gc.disable()
