@@ -7,10 +7,12 @@ and a bf16 VAE); ours runs its fast path (fused Triton kernels, fused QKV, cache
 RoPE, CUDA graphs of the transformer, the chunk-wise VAE decoder) and streams chunks into an mp4.
 
     python -m pip install --no-deps --no-build-isolation -e .   # once: the package, incl. helios_triton_kernels
-    python bench/bench_gpu.py --runs check distilled-111 distilled-222 distilled-1452 --out bench/results
+    python bench/bench_gpu.py --out bench/results   # every run: check, Distilled [1,1,1] / [2,2,2], Mid, Base, 1452 frames (~12 min on an H200)
     python bench/bench_gpu.py --config tiny --device cpu --runs check distilled-111   # smoke test
 
-Prompt embeddings are random tensors passed to both (no text encoder time on either side).
+Prompts are text, encoded on each side by the same UMT5 encoder with random weights: the
+released UMT5-XXL architecture for the 14B config (its FLOPs and bytes), over a small tokenizer
+(tokenizing costs the same; only the token ids differ from the real vocabulary's).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from helios_backends.config import PipelineConfig, SchedulerConfig, TransformerC
 from helios_backends.ops import TorchOps, default_ops  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
-from helios_backends.tiny import SCHEDULERS, TINY_TRANSFORMER, TINY_VAE, COMMON_SCHEDULER  # noqa: E402
+from helios_backends.text import TextEncoder  # noqa: E402
+from helios_backends.tiny import COMMON_SCHEDULER, SCHEDULERS, TINY_TEXT, TINY_TRANSFORMER, TINY_VAE, build_tokenizer  # noqa: E402
 from helios_backends.transformer import FP32_MODULES, HeliosTransformer  # noqa: E402
 from helios_backends.vae import WanVAE  # noqa: E402
 
@@ -47,6 +50,13 @@ class Run:
     height: int = 384
     width: int = 640
 
+
+# google/umt5-xxl, Helios' text encoder (the encoder half).
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32,
+                relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
+PROMPT = "A red fox trots through fresh snow at dawn, its breath steaming, the camera tracking low beside it."
+NEGATIVE = "blurry, low quality, static, distorted"
+MAX_TOKENS = 512
 
 RUNS = {
     "distilled-111": Run("Distilled [1,1,1]", "distilled", 240, (1, 1, 1), 1.0),
@@ -222,11 +232,8 @@ class Bench:
         vae_cfg = {} if args.config == "14b" else TINY_VAE
         self.vae = AutoencoderKLWan(**vae_cfg).to(self.device, self.dtype).eval().requires_grad_(False)
         self.our_vae = copy.deepcopy(self.vae)  # the same weights; ours stores them channels-last on CUDA, diffusers' keep their layout
+        self.text = self._text_encoder(args.config)
         self.build_seconds = time.perf_counter() - t
-        text_dim = self.config.text_dim
-        g = torch.Generator(device=self.device).manual_seed(1)
-        self.prompt = torch.randn(1, 512, text_dim, device=self.device, generator=g, dtype=self.dtype)
-        self.negative = torch.randn(1, 512, text_dim, device=self.device, generator=g, dtype=self.dtype)
         self.tmp = Path(args.out)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.cuda = self.device.type == "cuda"
@@ -236,6 +243,17 @@ class Bench:
         self.compiled = False
         self.vae_frames_per_call = args.vae_frames_per_call
 
+    def _text_encoder(self, config: str) -> TextEncoder:
+        """A random UMT5 encoder shared by both sides: UMT5-XXL for the 14B config."""
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        text_dim = self.config.text_dim
+        cfg = UMT5_XXL if config == "14b" else {**TINY_TEXT, "d_model": text_dim}
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            encoder = UMT5EncoderModel._from_config(UMT5Config(**cfg), torch_dtype=self.dtype)
+        return TextEncoder(build_tokenizer(cfg["vocab_size"]), encoder.eval().requires_grad_(False))
+
     # -- the two implementations ------------------------------------------------------------------
 
     def our_pipeline(self, variant: str, fast: bool = True) -> Helios:
@@ -243,7 +261,7 @@ class Bench:
         if key not in self.ours:
             vae = WanVAE(self.our_vae, frames_per_call=self.vae_frames_per_call or None)
             transformer = self.fast if fast else self.slow
-            self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), None, vae,
+            self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), self.text, vae,
                                     cuda_graphs=fast and self.cuda)
         return self.ours[key]
 
@@ -254,7 +272,8 @@ class Bench:
             if self.cuda and not self.compiled:
                 self.ref.compile_repeated_blocks(fullgraph=True)
                 self.compiled = True
-            common = dict(tokenizer=None, text_encoder=None, vae=self.vae, scheduler=diffusers_scheduler(variant, self.gamma), transformer=self.ref)
+            common = dict(tokenizer=self.text.tokenizer, text_encoder=self.text.encoder, vae=self.vae,
+                          scheduler=diffusers_scheduler(variant, self.gamma), transformer=self.ref)
             if variant == "base":
                 pipe = HeliosPipeline(**common)
             else:
@@ -265,15 +284,16 @@ class Bench:
 
     def request(self, run: Run, frames: int | None = None) -> GenerationRequest:
         steps = dict(num_inference_steps=run.steps[0]) if run.variant == "base" else dict(pyramid_steps=run.steps)
-        return GenerationRequest(prompt="(embeddings given)", height=run.height, width=run.width, num_frames=frames or run.frames,
-                                 guidance_scale=run.guidance, seed=0, **steps)
+        return GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=MAX_TOKENS, height=run.height, width=run.width,
+                                 num_frames=frames or run.frames, guidance_scale=run.guidance, seed=0, **steps)
 
     def run_ours(self, run: Run, frames: int | None = None, fast: bool = True, write_mp4: bool = True) -> dict:
         """write_mp4: stream the chunks into an H.264 mp4 as a user's run does (else hand the frames
         out only, as diffusers' output_type="np" does)."""
         helios = self.our_pipeline(run.variant, fast)
-        t_model, t_vae = Timer(self.device, sync=False), Timer(self.device, sync=False)
+        t_text, t_model, t_vae = (Timer(self.device, sync=False) for _ in range(3))
         denoiser, decode = helios.denoiser, helios.vae._decode
+        self.text.encode = t_text.wrap(self.text.encode)
         writer = None
         if write_mp4:
             from helios_backends.video import Mp4Writer
@@ -287,7 +307,7 @@ class Bench:
         latents, first, first_frames, out_frames = [], None, None, 0
         try:
             start = time.perf_counter()
-            gen = helios.start(self.request(run, frames), prompt_embeds=self.prompt, negative_prompt_embeds=self.negative)
+            gen = helios.start(self.request(run, frames))
             gen.transformer = _TimedDenoiser(denoiser, meter.wrap("transformer", t_model.wrap(denoiser)))
             for out in helios.stream(gen):
                 latents.append(out.latents)
@@ -303,17 +323,18 @@ class Bench:
             wall = time.perf_counter() - start
         finally:
             helios.vae._decode = decode
+            del self.text.encode
             if writer is not None:
                 writer.close(discard=True)
         impl = "ours" if write_mp4 else "ours (no mp4)"
-        row = self._row(impl, run, wall, out_frames, t_model, t_vae, meter, first, torch.cat(latents, 2).float().cpu())
+        row = self._row(impl, run, wall, out_frames, t_text, t_model, t_vae, meter, first, torch.cat(latents, 2).float().cpu())
         row["first_frames"] = first_frames
         return row
 
     def run_theirs(self, run: Run, frames: int | None = None) -> dict:
         pipe = self.their_pipeline(run.variant)
-        t_model, t_vae = Timer(self.device), Timer(self.device)
-        forward, decode = pipe.transformer.forward, pipe.vae.decode
+        t_text, t_model, t_vae = Timer(self.device), Timer(self.device), Timer(self.device)
+        encode, forward, decode = pipe.text_encoder.forward, pipe.transformer.forward, pipe.vae.decode
         kw = dict(num_inference_steps=run.steps[0]) if run.variant == "base" else dict(
             pyramid_num_inference_steps_list=list(run.steps), is_amplify_first_chunk=run.variant == "distilled",
             use_zero_init=True, zero_steps=1)
@@ -321,25 +342,28 @@ class Bench:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
         meter = PeakMeter(self.cuda)
+        pipe.text_encoder.forward = t_text.wrap(encode)
         pipe.transformer.forward = meter.wrap("transformer", t_model.wrap(forward))
         pipe.vae.decode = meter.wrap("vae", t_vae.wrap(decode))
         try:
             t_model._sync()
             start = time.perf_counter()
             with torch.no_grad():
-                out = pipe(prompt_embeds=self.prompt, negative_prompt_embeds=self.negative if run.guidance > 1 else None,
-                           height=run.height, width=run.width, num_frames=frames or run.frames, guidance_scale=run.guidance,
+                out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=MAX_TOKENS, height=run.height, width=run.width,
+                           num_frames=frames or run.frames, guidance_scale=run.guidance,
                            generator=torch.Generator(device=self.device).manual_seed(0), output_type="np", **kw).frames
             t_model._sync()
             wall = time.perf_counter() - start
         finally:
+            del pipe.text_encoder.forward
             del pipe.transformer.forward
             del pipe.vae.decode
         first = None if t_vae.first_end is None else t_vae.first_end - start
-        return self._row("diffusers", run, wall, out.shape[1], t_model, t_vae, meter, first, None)
+        return self._row("diffusers", run, wall, out.shape[1], t_text, t_model, t_vae, meter, first, None)
 
-    def _row(self, impl, run, wall, frames, t_model, t_vae, meter: PeakMeter, first, latents) -> dict:
-        return dict(impl=impl, run=run.name, frames=frames, wall=wall, fps=frames / wall, transformer=t_model.seconds,
+    def _row(self, impl, run, wall, frames, t_text, t_model, t_vae, meter: PeakMeter, first, latents) -> dict:
+        return dict(impl=impl, run=run.name, frames=frames, wall=wall, fps=frames / wall, text=t_text.seconds, text_calls=t_text.calls,
+                    transformer=t_model.seconds,
                     transformer_calls=t_model.calls, vae=t_vae.seconds, vae_calls=t_vae.calls, first_chunk=first,
                     peak_gib=meter.gib(), peak_transformer_gib=meter.gib("transformer"), peak_vae_gib=meter.gib("vae"),
                     peak_reserved_gib=meter.gib(reserved=True), latents=latents)
@@ -367,7 +391,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", choices=["14b", "tiny"], default="14b")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--runs", nargs="+", default=["check", "distilled-111", "distilled-222", "distilled-1452"])
+    parser.add_argument("--runs", nargs="+", default=["check", "distilled-111", "distilled-222", "mid", "base", "distilled-1452"])
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--gamma", type=float, default=1 / 3, help="pyramid gamma (released: 1/3; CPU fp32 Cholesky needs e.g. 0.3)")
     parser.add_argument("--vae-frames-per-call", type=int, default=1,
@@ -399,7 +423,7 @@ def main():
             theirs_lat = None
             with torch.no_grad():
                 pipe = bench.their_pipeline("distilled")
-                theirs_lat = pipe(prompt_embeds=bench.prompt, height=run.height, width=run.width, num_frames=33, guidance_scale=1.0,
+                theirs_lat = pipe(prompt=PROMPT, max_sequence_length=MAX_TOKENS, height=run.height, width=run.width, num_frames=33, guidance_scale=1.0,
                                   pyramid_num_inference_steps_list=[1, 1, 1], is_amplify_first_chunk=True,
                                   generator=torch.Generator(device=bench.device).manual_seed(0), output_type="latent").frames
             e1 = relative_error(fast["latents"], slow["latents"])
@@ -429,9 +453,9 @@ def write_results(bench, rows, notes, args):
     lines = [
         f"GPU: {bench.gpu}; torch {torch.__version__}; config {args.config}; runs {' '.join(args.runs)}",
         "",
-        "| run | impl | frames | wall s | FPS | transformer s (calls) | VAE s (calls) | first chunk s | warm-up s "
+        "| run | impl | frames | wall s | FPS | text s (calls) | transformer s (calls) | VAE s (calls) | first chunk s | warm-up s "
         "| peak allocated GiB (in transformer / VAE) | peak reserved GiB | ours/diffusers FPS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_run = {}
     for r in rows:
@@ -442,7 +466,8 @@ def write_results(bench, rows, notes, args):
             ratio = r["fps"] / theirs["fps"] if theirs is not None and impl != "diffusers" else None
             first = "-" if r["first_chunk"] is None else f"{r['first_chunk']:.2f}"
             lines.append(
-                f"| {run} | {impl} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {r['transformer']:.2f} ({r['transformer_calls']}) "
+                f"| {run} | {impl} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {r['text']:.3f} ({r['text_calls']}) "
+                f"| {r['transformer']:.2f} ({r['transformer_calls']}) "
                 f"| {r['vae']:.2f} ({r['vae_calls']}) | {first} | {r['warmup']:.1f} "
                 f"| {r['peak_gib']:.2f} ({r['peak_transformer_gib']:.2f} / {r['peak_vae_gib']:.2f}) | {r['peak_reserved_gib']:.2f} | "
                 f"{'' if ratio is None else f'{ratio:.2f}x'} |"
