@@ -140,6 +140,15 @@ def main():
             lines.append(f"  {shape}: ours graphed {graphed:.4f}, ours eager {eager:.4f}, diffusers compiled {theirs:.4f} "
                          f"(ours graphed / diffusers {graphed / theirs:.3f})")
             print(lines[-1], flush=True)
+            # The same call on random-normal text states instead of the encoder's (zeros past the
+            # prompt's tokens): do the values change the speed of either side?
+            states = tkw["encoder_hidden_states"]
+            noise = torch.randn(states.shape, device=states.device, generator=torch.Generator(states.device).manual_seed(0)).to(states.dtype)
+            noise_context = denoiser.encode_text(noise)
+            graphed_noise = wall_time(lambda: denoiser(a[0], a[1], noise_context, *a[3:]), device, args.reps)
+            theirs_noise = wall_time(lambda: pipe.transformer(*ta, **{**tkw, "encoder_hidden_states": noise}), device, args.reps)
+            lines.append(f"  {shape}, random-normal text states: ours graphed {graphed_noise:.4f}, diffusers compiled {theirs_noise:.4f}")
+            print(lines[-1], flush=True)
         full = stages[-1]
         a, _ = our_calls[full]
         lines.append(f"\nours eager, stage {full}, kernels by device time:")
