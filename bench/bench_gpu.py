@@ -7,7 +7,7 @@ and a bf16 VAE); ours runs its fast path (fused Triton kernels, fused QKV, cache
 RoPE, CUDA graphs of the transformer, the chunk-wise VAE decoder) and streams chunks into an mp4.
 
     python -m pip install --no-deps --no-build-isolation -e .   # once: the package, incl. helios_triton_kernels
-    python bench/bench_gpu.py --out bench/results   # every run: check, Distilled [1,1,1] / [2,2,2], Mid, Base, 1452 frames (~12 min on an H200)
+    python bench/bench_gpu.py --out bench/results   # every run: check, Distilled [1,1,1] / [2,2,2], Mid, Base, 1452 frames (about 8 min on an H200)
     python bench/bench_gpu.py --config tiny --device cpu --runs check distilled-111   # smoke test
 
 Prompts are text, encoded on each side by the same UMT5 encoder with random weights: the
