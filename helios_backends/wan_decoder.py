@@ -93,6 +93,13 @@ def to_channels_last(model: AutoencoderKLWan) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
+def _conv_padded(conv: WanCausalConv3d, x: torch.Tensor, bias: bool) -> torch.Tensor:
+    """conv on x whose time padding (its cached frames) is already in place; the conv itself
+    pads space with zeros, so no padded copy of the activation is made."""
+    pad_w, _, pad_h, _, _, _ = conv._padding
+    return F.conv3d(x, conv.weight, conv.bias if bias else None, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+
+
 def _nearest_2x(frames: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour 2x upsampling of (N, C, H, W) frames (diffusers' nearest-exact: at an
     integer factor, output pixel i takes input pixel i // 2; its fp32 round trip changes nothing,
@@ -190,24 +197,21 @@ class WanChunkDecoder:
 
     @staticmethod
     def _conv(conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache, bias: bool = True) -> torch.Tensor:
-        """The causal conv over all of x's frames; spatial zero padding is done by the conv itself
-        (no padded copy of the activation). bias=False leaves the bias to the consumer's pass."""
-        pad_w, _, pad_h, _, pad_t, _ = conv._padding
-        if pad_t:
+        """The causal conv over all of x's frames. bias=False leaves the bias to the consumer's pass."""
+        if conv._padding[4]:  # time padding: the cached frames go in front
             x = cache.conv_input(conv, x)
-        return F.conv3d(x, conv.weight, conv.bias if bias else None, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+        return _conv_padded(conv, x, bias)
 
     def _norm_act_conv(self, norm: WanRMS_norm, act: torch.nn.Module, conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache,
                        pre_bias: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
         """conv(act(norm(x + pre_bias))), the normalised frames written straight into conv's input
         buffer after its cached frames (no concatenation copy)."""
-        pad_w, _, pad_h, _, pad_t, _ = conv._padding
-        if pad_t != CACHE_T:
+        if conv._padding[4] != CACHE_T:  # time padding other than the cache's frames
             return self._conv(conv, self._norm_act(norm, act, x, pre_bias), cache, bias)
         padded = cache.input_buffer(conv, x)
         self._norm_act(norm, act, x, pre_bias, out=padded[:, :, CACHE_T:])
         cache.keep(conv, padded)
-        return F.conv3d(padded, conv.weight, conv.bias if bias else None, conv.stride, (0, pad_h, pad_w), conv.dilation, conv.groups)
+        return _conv_padded(conv, padded, bias)
 
     def _norm_act(self, norm: WanRMS_norm, act: torch.nn.Module, x: torch.Tensor, pre_bias: torch.Tensor | None = None,
                   out: torch.Tensor | None = None) -> torch.Tensor:
