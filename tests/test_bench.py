@@ -23,6 +23,8 @@ def test_bench_gpu_times_each_of_our_configurations_beside_diffusers_and_checks_
     rows = [line for line in table.splitlines() if line.startswith("| Distilled")]
     assert [r.split("|")[2].strip() for r in rows] == ["ours", "ours (no mp4)", "diffusers"]
     assert all(r.split("|")[-2].strip().endswith("x") for r in rows[:2])
+    assert "| text s (calls) |" in table
+    assert all(r.split("|")[6].strip().endswith("(1)") for r in rows)  # each side encoded the prompt once
     assert "fast path vs reference path latents" in table
 
 
