@@ -33,7 +33,7 @@ def _kv_shape(context: TextContext) -> tuple:
     return tuple(context.kv[0][0].shape)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `==` would compare the K/V tensors
 class _TextSlot:
     kv: tuple  # the static K/V buffers this slot's graphs read
     owner: weakref.ref  # the TextContext whose values `kv` holds
@@ -73,11 +73,12 @@ class GraphedTransformer:
         return owned
 
     @staticmethod
-    def _free_slot(slots: list[_TextSlot]) -> _TextSlot | None:
-        """A slot whose context is gone; when the slots are full, after a garbage collection
-        (a finished request's generator may hold its contexts in a reference cycle)."""
+    def _free_slot(slots: list[_TextSlot]) -> int | None:
+        """The index of a slot whose context is gone; when the slots are full, after a garbage
+        collection (a finished request's generator may hold its contexts in a reference cycle).
+        Slots are told apart by position, never by `==`: a dataclass compares its tensors."""
         for attempt in range(2):
-            free = next((s for s in slots if s.owner() is None), None)
+            free = next((i for i, s in enumerate(slots) if s.owner() is None), None)
             if free is not None or len(slots) < MAX_TEXT_SLOTS or attempt:
                 return free
             gc.collect()
@@ -89,11 +90,11 @@ class GraphedTransformer:
         for i, slot in enumerate(slots):
             if slot.owner() is context:
                 return i
-        slot = self._free_slot(slots)
-        if slot is not None:
-            _copy_into(slot.kv, context.kv)
-            slot.owner = weakref.ref(context)
-            return slots.index(slot)
+        free = self._free_slot(slots)
+        if free is not None:
+            _copy_into(slots[free].kv, context.kv)
+            slots[free].owner = weakref.ref(context)
+            return free
         if len(slots) < MAX_TEXT_SLOTS:
             slots.append(_TextSlot(context.kv, weakref.ref(context)))  # contexts are immutable: its buffers serve
             return len(slots) - 1

@@ -99,3 +99,29 @@ def test_a_context_made_outside_the_slots_runs_eagerly_while_every_slot_is_held_
     del held[0]
     assert g._slot_of(outsider) == 0  # the freed slot now holds the outsider's values
     assert_same_values(TextContext(slots(g)[0].kv, outsider.dtype), outsider)
+
+
+@torch.no_grad()
+def test_freeing_either_of_two_live_contexts_lets_a_third_take_exactly_that_slot():
+    for freed in range(MAX_TEXT_SLOTS):
+        g = graphed()
+        live = [g.encode_text(text(0)), g.encode_text(text(1))]
+        buffers = [c.kv for c in live]
+        del live[freed]
+        third = g.encode_text(text(2))
+        (kept,) = live
+        assert third.kv is buffers[freed] and g._slot_of(third) == freed
+        assert g._slot_of(kept) == 1 - freed
+        assert_same_values(third, g.transformer.encode_text(text(2)))
+        assert_same_values(kept, g.transformer.encode_text(text(1 - freed)))
+
+
+@torch.no_grad()
+def test_three_cfg_requests_in_a_row_reuse_the_two_slots_with_each_requests_values():
+    g = graphed()
+    for request in range(3):
+        cond, uncond = g.encode_text(text(2 * request)), g.encode_text(text(2 * request + 1))
+        assert sorted([g._slot_of(cond), g._slot_of(uncond)]) == [0, 1] and len(slots(g)) == 2
+        assert_same_values(cond, g.transformer.encode_text(text(2 * request)))
+        assert_same_values(uncond, g.transformer.encode_text(text(2 * request + 1)))
+        del cond, uncond

@@ -44,6 +44,25 @@ def test_gpu_a_second_request_with_a_new_prompt_replays_the_graphs_of_the_first(
     assert relative_error(second, latents(eager, request("a lake at dawn", 1))) <= 1e-4
 
 
+@pytest.mark.parametrize("variant", ["base", "mid"])
+def test_gpu_three_cfg_requests_in_a_row_through_the_graphs_each_equal_the_eager_path(checkpoints, variant):
+    """CFG holds two live text contexts per request (cond, uncond); each later request must claim
+    the freed graph text slots again and replay with its own prompts."""
+    folder, _ = checkpoints[variant]
+    graphed = Helios.from_pretrained(folder, device="cuda", dtype="float32")
+    eager = Helios.from_pretrained(folder, device="cuda", dtype="float32", cuda_graphs=False, ops=TorchOps())
+    steps = dict(num_inference_steps=3) if variant == "base" else dict(pyramid_steps=(2, 1, 1))
+    prompts = [("a fox", "blurry"), ("a lake at dawn", "dark, noisy"), ("a city at night", "low quality")]
+    for seed, (prompt, negative) in enumerate(prompts):
+        req = GenerationRequest(
+            prompt=prompt, negative_prompt=negative, height=HEIGHT, width=WIDTH, num_frames=33, seed=seed, **steps
+        )
+        assert graphed.plan(req).do_cfg
+        got = latents(graphed, req)
+        assert relative_error(got, latents(eager, req)) <= 1e-4, (variant, seed)
+    assert len(graphed.denoiser.text) == 1 and len(next(iter(graphed.denoiser.text.values()))) == 2  # cond + uncond slots
+
+
 def test_gpu_fused_kernels_and_cuda_graphs_equal_the_torch_reference_in_fp32(gpu_cores):
     graphed, eager = gpu_cores
     req = request("a red kite", 3)
