@@ -63,6 +63,15 @@ def test_served_t2v_equals_the_core_output_for_the_same_seed(server, tiny_folder
     np.testing.assert_array_equal(served, as_served(expected, tmp_path / "ref.mp4"))
 
 
+def test_two_cfg_requests_in_a_row_each_equal_the_core_output(server, tiny_folders, tmp_path):
+    """Mid guides every request (CFG-Zero*): the request after the first must run with its own prompts."""
+    for seed, (prompt, negative) in enumerate([("a red fox", "blurry"), ("a lake at dawn", "dark, noisy")]):
+        fields = dict(prompt=prompt, negative_prompt=negative, num_frames=33, seed=seed, guidance_scale=5.0)
+        served = server.generate({**fields, **SMALL})
+        expected = core_frames(tiny_folders[VARIANT], GenerationRequest(**fields, height=HEIGHT, width=WIDTH, pyramid_steps=(1, 1, 1)))
+        np.testing.assert_array_equal(served, as_served(expected, tmp_path / f"ref-{seed}.mp4"))
+
+
 def test_served_i2v_from_a_base64_image_equals_the_core_output(server, tiny_folders, tmp_path):
     image = _image(1)
     body = {"prompt": "a fox", "num_frames": 33, "seed": 2, "task": "i2v", "image": _png_base64(image),

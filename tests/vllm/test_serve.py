@@ -94,6 +94,14 @@ def test_sync_video_equals_the_core_run_with_the_same_seed(server, core):
     assert not np.array_equal(other_seed, frames)
 
 
+def test_two_cfg_requests_in_a_row_each_equal_the_core(server, core):
+    """CFG holds a second text context per request; the request after the first must run with its own prompts."""
+    for seed, (prompt, negative) in enumerate([("a red fox", "blurry"), ("a lake at dawn", "dark, noisy")]):
+        frames = sync_ok(server, prompt=prompt, num_frames=33, seed=seed, guidance_scale=5.0, negative_prompt=negative)
+        expected = reference(core, prompt=prompt, negative_prompt=negative, guidance_scale=5.0, num_frames=33, seed=seed)
+        assert np.array_equal(frames, expected), (prompt, negative)
+
+
 def test_helios_options_in_extra_params_reach_the_core(server, core):
     schedule = [[0, "a fox"], [1, "a wolf"]]
     options = {"interpolation_steps": 2, "is_amplify_first_chunk": False, "history_sizes": [8, 2, 1]}
