@@ -1,6 +1,7 @@
 """The core's ops on an Ascend NPU through torch_npu's fused kernels.
 
-Signatures and constraints are those of the torch-npu 2.13.0 op docs (torch_npu/_op_plugin_docs.py):
+Constraints are those of the torch-npu 2.13.0 op docs (torch_npu/_op_plugin_docs.py); every call
+here is checked against the schemas that release registers by tests/test_npu_schemas.py:
   npu_fusion_attention(query, key, value, head_num, input_layout, ..., scale=1., ...) -> 7-tuple,
       output at [0]; BSND is [batch, tokens, heads, head_dim], the core's attention layout.
   npu_rms_norm(self, gamma, epsilon=1e-06) -> (y, rstd); gamma must have self's dtype.

@@ -1,7 +1,9 @@
 """A stand-in `torch_npu` for CPU tests, in the manner of vllm-ascend's CPU unit tests.
 
-Each op has the Python signature of the torch-npu 2.13.0 op docs (torch_npu/_op_plugin_docs.py),
-so a misspelt or missing argument is a TypeError; it raises ValueError on any input the docs
+Each op has the signature the torch-npu 2.13.0 wheel registers (its codegen schema yaml, which
+tests/test_npu_schemas.py reads out of the real wheel; the op docs omit some trailing arguments
+and name npu_rotary_mul's input `input` where the schema says `self`), so a misspelt or missing
+argument is a TypeError; it raises ValueError on any input the docs
 rule out (dtype, rank, layout, head count, shape relations, value range) and then computes the
 documented formula with a CPU reference in fp32, returning the documented outputs in the input
 dtype. Features the project does not use (masks, pse, dropout, varlen, `rotate`) raise
@@ -51,8 +53,14 @@ def npu_fusion_attention(
     gen_mask_parallel=True,
     sync=False,
     softmax_layout="",
+    sink=None,
+    dropout_mask=None,
+    seed=0,
+    offset=0,
 ):
     calls["npu_fusion_attention"] += 1
+    if sink is not None or dropout_mask is not None:
+        raise NotImplementedError("stand-in does not model attention sinks or a given dropout mask")
     if input_layout not in ATTENTION_LAYOUTS:
         raise ValueError(f"input_layout {input_layout!r} not in {ATTENTION_LAYOUTS}")
     if input_layout == "TND" or pse is not None or padding_mask is not None or atten_mask is not None or prefix is not None:
@@ -149,7 +157,8 @@ def _rotary_layout(x: torch.Tensor, r: torch.Tensor, rotary_mode: str) -> tuple[
     raise ValueError(f"r1/r2 shape {tuple(r.shape)} fits no supported layout of input {tuple(x.shape)} in {rotary_mode} mode")
 
 
-def npu_rotary_mul(input, r1, r2, rotary_mode="half", rotate=None):
+def npu_rotary_mul(self, r1, r2, rotary_mode="half", rotate=None):
+    input = self  # the schema's name; the docs call it `input`
     calls["npu_rotary_mul"] += 1
     if rotate is not None:
         raise NotImplementedError("stand-in does not model the rotate matrix")
