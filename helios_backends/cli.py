@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _request(args):
     from .request import GenerationRequest
-    from .video import read_image, read_video
+    from .media_read import read_image, read_video
 
     image = video = None
     try:
@@ -241,7 +241,7 @@ def run(
     from tqdm import tqdm
 
     from .pipeline import Helios
-    from .video import Mp4Writer
+    from .media_write import Mp4Writer
 
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
                                     offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)

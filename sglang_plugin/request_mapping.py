@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from helios_backends.errors import RequestError
-from helios_backends.media import decode_image, decode_video
+from helios_backends.media_read import decode_image, decode_video
 from helios_backends.request import GenerationRequest, parse_prompt_schedule
 
 # SGLang field -> GenerationRequest field, passed on only when the user set it (SGLang's own
