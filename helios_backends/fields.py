@@ -160,22 +160,21 @@ def unknown_field(name: str, accepted: Iterable[str]) -> RequestError:
 
 
 def form_fields(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """A form's (key, value) pairs as one mapping; a repeated `key[]` field becomes one list under `key`.
+    """A form's (key, value) pairs as one mapping; a key sent more than once, or as `key[]`, becomes one list under `key`.
 
-    The OpenAI SDK (and any qs-style encoder) sends a list in a form as `key[]=a&key[]=b`. A key
-    given twice, or both as `key` and `key[]`, is refused rather than one value dropped.
+    The OpenAI SDK (and any qs-style encoder) sends a list in a form as repeated `key[]` fields;
+    others repeat the plain key. A key sent both ways is refused rather than one part dropped.
     """
     fields: dict[str, Any] = {}
-    lists: dict[str, list] = {}
+    plain: dict[str, list] = {}
+    brackets: dict[str, list] = {}
     for key, value in items:
-        if key.endswith("[]"):
-            lists.setdefault(key[:-2], []).append(value)
-        elif key in fields:
-            raise RequestError(key, "is given more than once; send a list as repeated key[] fields or one JSON list")
-        else:
-            fields[key] = value
-    for key, values in lists.items():
-        if key in fields:
-            raise RequestError(key, f"is given both as {key} and as {key}[]")
-        fields[key] = values
+        name = key.removesuffix("[]")
+        (brackets if key.endswith("[]") else plain).setdefault(name, []).append(value)
+    both = sorted(plain.keys() & brackets.keys())
+    if both:
+        raise RequestError(both[0], f"is sent both as {both[0]} and as {both[0]}[]")
+    for name, values in plain.items():
+        fields[name] = values[0] if len(values) == 1 else values
+    fields.update(brackets)
     return fields
