@@ -63,10 +63,12 @@ def describe(annotation: Any) -> str:
 def _number(value: Any) -> Any:
     """A form string's number; other values as given."""
     if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eEnN") else int(value)
-        except ValueError:
-            raise _Refused from None
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+        raise _Refused
     return value
 
 

@@ -11,6 +11,9 @@ cross-attention) is local and never duplicated. Self-attention is the only mixin
 - Ring passes K/V blocks around the ring group and merges the partial results by log-sum-exp.
 - Ulysses x Ring: all-to-all inside each Ulysses group, then the ring across them.
 
+Before a request is queued, `check_sp_degree` refuses a size whose tokens the ranks cannot split
+evenly, from the token counts every transformer call of the request sees (`call_tokens`).
+
 CFG parallel: the conditional and unconditional forwards run on the two ranks of a cfg group and
 are exchanged with one all-gather; every rank then applies the same guidance (CFG-Zero* too).
 

@@ -143,7 +143,7 @@ HeliosCoreSamplingParams = make_dataclass(
     "HeliosCoreSamplingParams",
     [(name, Any, None) for name in HELIOS_FIELDS],
     bases=(HeliosSamplingParamsBase,),
-    namespace={"__module__": __name__, "__doc__": HeliosSamplingParamsBase.__doc__},
+    namespace={"__module__": __name__, "__doc__": "Every GenerationRequest option of the core; None = the checkpoint variant's default."},
 )
 
 
