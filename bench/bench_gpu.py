@@ -296,7 +296,7 @@ class Bench:
         self.text.encode = t_text.wrap(self.text.encode)
         writer = None
         if write_mp4:
-            from helios_backends.video import Mp4Writer
+            from helios_backends.media_write import Mp4Writer
 
             writer = Mp4Writer(self.tmp / "ours.mp4", run.width, run.height, 24)
         if self.cuda:

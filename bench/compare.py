@@ -95,7 +95,7 @@ def resolve_request(args, folder: Path) -> tuple[dict, dict]:
     """The request with every value the core's plan() resolved (sent explicitly to every backend), and plan facts."""
     from helios_backends.loading import plan_for_folder, read_configs
     from helios_backends.request import GenerationRequest
-    from helios_backends.video import read_image, read_video
+    from helios_backends.media_read import read_image, read_video
 
     configs = read_configs(folder)
     variant = configs.pipeline.variant
@@ -417,7 +417,7 @@ class Bench:
         return None, {**{k: str(v) for k, v in common.items()}, "extra_params": json.dumps(extra)}
 
     def run_engine(self, row: Row, env: Path) -> None:
-        from helios_backends.video import decode_mp4
+        from helios_backends.media_read import decode_mp4
 
         backend = row.backend
         if backend.endswith("native") and self.request["task"] != "t2v":

@@ -41,7 +41,7 @@ def _sync(device) -> None:
 
 def _inputs(spec: dict) -> dict:
     """The conditioning image/video of a spec, read the way the core's CLI reads them."""
-    from helios_backends.video import read_image, read_video
+    from helios_backends.media_read import read_image, read_video
 
     out = {}
     if spec.get("image"):
@@ -64,7 +64,7 @@ def run_core(spec: dict, out: Path, result: dict) -> None:
     import numpy as np
     import torch
 
-    from helios_backends.video import Mp4Writer
+    from helios_backends.media_write import Mp4Writer
 
     helios, request = load_core(spec)
     result["ready"] = time.time()
@@ -108,7 +108,7 @@ def run_diffusers(spec: dict, out: Path, result: dict) -> None:
     from diffusers import DiffusionPipeline
     from PIL import Image
 
-    from helios_backends.video import Mp4Writer
+    from helios_backends.media_write import Mp4Writer
 
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
@@ -198,7 +198,7 @@ def cmd_served_reference(engine: str, spec_path: str, out_dir: str) -> int:
     import numpy as np
     import torch
 
-    from helios_backends.video import decode_mp4
+    from helios_backends.media_read import decode_mp4
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(out_dir)

@@ -116,7 +116,7 @@ def encode_thread_cost():
     """Matmuls issued from Python while another thread encodes H.264: does the GIL stall them?"""
     import numpy as np
 
-    from helios_backends.video import Mp4Writer
+    from helios_backends.media_write import Mp4Writer
 
     a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
 

@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _request(args):
+    from .media_read import read_image, read_video
     from .request import GenerationRequest
-    from .video import read_image, read_video
 
     image = video = None
     try:
@@ -139,29 +139,33 @@ def _request(args):
     schedule = read_prompt_schedule(args.prompt_schedule) if args.prompt_schedule else None
     if schedule is None and not args.prompt:
         raise CliError("--prompt: a prompt is required (or --prompt-schedule)")
-    return GenerationRequest(
-        prompt=None if schedule else args.prompt,
-        negative_prompt=args.negative_prompt,
-        task=args.task,
-        image=image,
-        video=video,
-        height=args.height,
-        width=args.width,
-        num_frames=args.num_frames,
-        seed=args.seed,
-        num_inference_steps=args.steps,
-        pyramid_steps=tuple(args.pyramid_steps) if args.pyramid_steps else None,
-        guidance_scale=args.guidance_scale,
-        use_zero_init=False if args.no_zero_init else None,
-        zero_steps=args.zero_steps,
-        is_amplify_first_chunk=args.amplify_first_chunk,
-        is_skip_first_chunk=args.skip_first_chunk,
-        image_noise_sigma=tuple(args.image_noise_sigma),
-        video_noise_sigma=tuple(args.video_noise_sigma),
-        prompt_schedule=schedule,
-        interpolation_steps=args.interpolation_steps,
-        max_sequence_length=args.max_sequence_length,
-    )
+    fields = {
+        "prompt": None if schedule else args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "task": args.task,
+        "image": image,
+        "video": video,
+        "height": args.height,
+        "width": args.width,
+        "num_frames": args.num_frames,
+        "seed": args.seed,
+        "num_inference_steps": args.steps,
+        "pyramid_steps": args.pyramid_steps,
+        "guidance_scale": args.guidance_scale,
+        "use_zero_init": False if args.no_zero_init else None,
+        "zero_steps": args.zero_steps,
+        "is_amplify_first_chunk": args.amplify_first_chunk,
+        "is_skip_first_chunk": args.skip_first_chunk,
+        "image_noise_sigma": args.image_noise_sigma,
+        "video_noise_sigma": args.video_noise_sigma,
+        "prompt_schedule": schedule,
+        "interpolation_steps": args.interpolation_steps,
+        "max_sequence_length": args.max_sequence_length,
+    }
+    try:
+        return GenerationRequest.from_fields(fields)
+    except RequestError as exc:
+        raise request_error(exc) from None
 
 
 def generate(args) -> None:
@@ -241,7 +245,7 @@ def run(
     from tqdm import tqdm
 
     from .pipeline import Helios
-    from .video import Mp4Writer
+    from .media_write import Mp4Writer
 
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
                                     offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)

@@ -17,6 +17,13 @@ from .errors import CheckpointError
 
 PIPELINE_CLASSES = ("HeliosPipeline", "HeliosPyramidPipeline")
 Variant = Literal["base", "mid", "distilled"]
+LATENT_STRIDE = 8  # pixels per latent cell along height and width (the Wan VAE)
+MAX_SIZE = 4096  # pixels, height and width: the largest frame a request may ask for
+
+
+def size_multiple(patch_size: tuple[int, int, int], stages: int) -> int:
+    """What height and width must divide by: the pyramid halves the latent grid (stages - 1) times, each level patchified."""
+    return LATENT_STRIDE * patch_size[1] * 2 ** (stages - 1)
 
 
 def read_json(path: Path) -> dict[str, Any]:

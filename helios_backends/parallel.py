@@ -11,6 +11,9 @@ cross-attention) is local and never duplicated. Self-attention is the only mixin
 - Ring passes K/V blocks around the ring group and merges the partial results by log-sum-exp.
 - Ulysses x Ring: all-to-all inside each Ulysses group, then the ring across them.
 
+Before a request is queued, `check_sp_degree` refuses a size whose tokens the ranks cannot split
+evenly, from the token counts every transformer call of the request sees (`call_tokens`).
+
 CFG parallel: the conditional and unconditional forwards run on the two ranks of a cfg group and
 are exchanged with one all-gather; every rank then applies the same guidance (CFG-Zero* too).
 
@@ -21,13 +24,18 @@ run directly under torchrun. The core never creates groups where an engine has t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+from .config import LATENT_STRIDE, MAX_SIZE, size_multiple
 from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .request import Plan
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,107 @@ def engine_parallel_config(
 def indivisible_tokens(degree: int, tokens: int, what: str) -> str:
     """Why `tokens` cannot be sharded: one wording for the check before queueing and the one at run time."""
     return f"ulysses_degree x ring_degree = {degree} must divide the {tokens} {what} tokens"
+
+
+@dataclass(frozen=True)
+class CallTokens:
+    """The tokens of the transformer calls of one pyramid stage; sequence parallelism splits each part on its own."""
+
+    stage: int  # 0: the smallest grid, run first
+    history: int  # long + mid + short views, always at the full latent grid
+    current: int  # the chunk's latents at this stage's grid
+
+
+def _patches(grid: tuple[int, int, int], kernel: tuple[int, int, int], padded: bool) -> int:
+    """Tokens of a patch embedding whose stride is its kernel; padded: the grid is first replicate-padded to a multiple."""
+    if padded:
+        return math.prod(-(-n // k) for n, k in zip(grid, kernel))
+    return math.prod(n // k for n, k in zip(grid, kernel))
+
+
+def _call_tokens(
+    height: int, width: int, chunk_frames: int, history_sizes: tuple[int, int, int], stages: int, patch_size: tuple[int, int, int]
+) -> tuple[CallTokens, ...]:
+    h, w = height // LATENT_STRIDE, width // LATENT_STRIDE
+    long_n, mid_n, short_n = history_sizes
+    # HeliosTransformer.embed_history: long and mid pooled 4x / 2x past padding, short (the first-frame
+    # prefix or one extra recent frame, plus short_n) at the patch size; the sampler's short view always
+    # holds short_n + 1 frames.
+    history = (
+        _patches((long_n, h, w), tuple(4 * k for k in patch_size), padded=True)
+        + _patches((mid_n, h, w), tuple(2 * k for k in patch_size), padded=True)
+        + _patches((short_n + 1, h, w), patch_size, padded=False)
+    )
+    # Generation.begin_chunk halves the grid (stages - 1) times; each later stage doubles it.
+    low_h, low_w = h // 2 ** (stages - 1), w // 2 ** (stages - 1)
+    return tuple(
+        CallTokens(s, history, _patches((chunk_frames, low_h * 2**s, low_w * 2**s), patch_size, padded=False)) for s in range(stages)
+    )
+
+
+def call_tokens(plan: Plan, patch_size: tuple[int, int, int]) -> tuple[CallTokens, ...]:
+    """The token counts every transformer call of a request sees, per pyramid stage, smallest first.
+
+    They are the same in every chunk, step and CFG branch, so a request's sizes can be judged
+    against a sequence-parallel degree before it is queued.
+    """
+    return _call_tokens(plan.height, plan.width, plan.chunk_frames, plan.history_sizes, plan.stages, patch_size)
+
+
+def _indivisible(calls: tuple[CallTokens, ...], sp_degree: int) -> str | None:
+    """The first token count sp_degree does not divide, in words, or None."""
+    if calls[0].history % sp_degree:
+        return indivisible_tokens(sp_degree, calls[0].history, "history")
+    for call in calls:
+        if call.current % sp_degree:
+            where = f" of pyramid stage {call.stage + 1} of {len(calls)}" if len(calls) > 1 else ""
+            return indivisible_tokens(sp_degree, call.current, "current-chunk") + where
+    return None
+
+
+def _nearest_fits(value: int, step: int, fits: Callable[[int], bool]) -> list[int]:
+    """The accepted sizes (multiples of step up to MAX_SIZE for which fits(size)) next below and next above value."""
+    sizes = range(step, MAX_SIZE + 1, step)
+    below = [s for s in sizes if s < value and fits(s)]
+    above = [s for s in sizes if s > value and fits(s)]
+    return below[-1:] + above[:1]
+
+
+def _distance(sizes: list[int], value: int) -> float:
+    return min((abs(s - value) for s in sizes), default=math.inf)
+
+
+def check_sp_degree(plan: Plan, patch_size: tuple[int, int, int], sp_degree: int) -> None:
+    """Refuse a size whose tokens `sp_degree` (Ulysses x Ring) ranks cannot split evenly, naming height or width.
+
+    Every rank holds an equal slice of the history tokens and of the current chunk's tokens of
+    every call (see SequenceParallelOps), so each of those counts must divide by the degree. The
+    error names the field whose nearest accepted value is closer and gives that value for both fields.
+    """
+    if isinstance(sp_degree, bool) or not isinstance(sp_degree, int) or sp_degree < 1:
+        raise ValueError(f"sp_degree must be an integer >= 1, got {sp_degree!r}")
+    reason = _indivisible(call_tokens(plan, patch_size), sp_degree)
+    if reason is None:
+        return
+    step = size_multiple(patch_size, plan.stages)
+
+    def fits(height: int, width: int) -> bool:
+        calls = _call_tokens(height, width, plan.chunk_frames, plan.history_sizes, plan.stages, patch_size)
+        return _indivisible(calls, sp_degree) is None
+
+    nearest = {
+        "height": (plan.height, _nearest_fits(plan.height, step, lambda h: fits(h, plan.width)), f"width {plan.width}"),
+        "width": (plan.width, _nearest_fits(plan.width, step, lambda w: fits(plan.height, w)), f"height {plan.height}"),
+    }
+    field = min(nearest, key=lambda name: _distance(nearest[name][1], nearest[name][0]))
+    order = (field, "width" if field == "height" else "height")
+    offers = [f"{name} {' or '.join(map(str, nearest[name][1]))} ({nearest[name][2]})" for name in order if nearest[name][1]]
+    accepted = f"nearest accepted: {', or '.join(offers)}" if offers else f"no height or width up to {MAX_SIZE} fits this degree"
+    raise RequestError(
+        field,
+        f"{reason} at height {plan.height}, width {plan.width} (every sequence-parallel rank takes an equal share of "
+        f"each call's history and current-chunk tokens); {accepted}",
+    )
 
 
 @dataclass

@@ -1,29 +1,32 @@
 """A generation request and its validated plan.
 
 `GenerationRequest` is what a user asks for; unset fields (None) take the checkpoint's variant
-defaults. `plan()` checks every field against the model and returns a `Plan` of concrete values,
-raising `RequestError` naming the field, before any model work.
+defaults. It is also the one request schema of every front end: `GenerationRequest.from_fields`
+builds one from field values as a server or the CLI receives them, checking each against the
+dataclass's own annotations, and `REQUEST_FIELDS` is the list an engine adapter derives its own
+option lists from. `plan()` checks every field against the model and returns a `Plan` of concrete
+values, raising `RequestError` naming the field, before any model work.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .config import PipelineConfig, SamplingDefaults, SchedulerConfig, VARIANT_DEFAULTS
+from .config import LATENT_STRIDE, MAX_SIZE, PipelineConfig, SamplingDefaults, SchedulerConfig, VARIANT_DEFAULTS, size_multiple  # noqa: F401 (sampler.py imports LATENT_STRIDE from here)
 from .errors import RequestError
-from .parallel import indivisible_tokens
+from .fields import convert, unknown_field
+from .media_read import image_field, image_to_tensor, video_field, video_to_tensor
+from .parallel import check_sp_degree
 
 Task = Literal["t2v", "i2v", "v2v"]
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
-LATENT_STRIDE = 8  # pixels per latent cell along height and width (the Wan VAE)
-MAX_SIZE = 4096  # pixels, height and width
 
 
 @dataclass(frozen=True)
@@ -35,13 +38,21 @@ class PromptSegment:
 
 
 def parse_prompt_schedule(value: Any) -> list[PromptSegment]:
-    """A prompt schedule from request JSON: [[start_chunk, prompt], ...] or [{"start_chunk", "prompt"}, ...]."""
+    """A prompt schedule from request JSON: [[start_chunk, prompt], ...] or [{"start_chunk", "prompt"}, ...],
+    also JSON-encoded in a string (a form field); PromptSegments are kept."""
     usage = 'a non-empty list of [start_chunk, prompt] pairs or {"start_chunk", "prompt"} objects'
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise RequestError("prompt_schedule", f"must be {usage} (JSON), got {value[:60]!r}") from None
     if not isinstance(value, (list, tuple)) or not value:
         raise RequestError("prompt_schedule", f"must be {usage}, got {value!r}")
     segments = []
     for item in value:
-        if isinstance(item, dict) and set(item) == {"start_chunk", "prompt"}:
+        if isinstance(item, PromptSegment):
+            start, prompt = item.start_chunk, item.prompt
+        elif isinstance(item, dict) and set(item) == {"start_chunk", "prompt"}:
             start, prompt = item["start_chunk"], item["prompt"]
         elif isinstance(item, (list, tuple)) and len(item) == 2:
             start, prompt = item
@@ -82,6 +93,34 @@ class GenerationRequest:
     interpolation_steps: int = 3
     max_sequence_length: int | None = None
     timeout_s: float | None = None  # wall-clock budget for the denoising steps; None: no limit
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any]) -> GenerationRequest:
+        """A request from field values as any front end receives them: JSON values, form strings,
+        JSON-encoded lists, `key[]` lists (see fields.form_fields), base64 media.
+
+        Each value is type-checked from this dataclass's annotations (fields.py has the rules),
+        the prompt schedule and media are parsed here for every front end, and an unknown key is
+        refused by name. Ranges are `plan()`'s to check, against the checkpoint.
+        """
+        unknown = [name for name in fields if name not in _ANNOTATIONS]
+        if unknown:
+            raise unknown_field(unknown[0], REQUEST_FIELDS)
+        values = {}
+        for name, value in fields.items():
+            parse = _FIELD_PARSERS.get(name)
+            values[name] = parse(value) if parse is not None and value is not None else convert(name, _ANNOTATIONS[name], value)
+        return cls(**values)
+
+
+_ANNOTATIONS: dict[str, Any] = typing.get_type_hints(GenerationRequest)
+REQUEST_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationRequest))
+# Fields whose values need more than a type check: media is decoded, a schedule parsed.
+_FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "prompt_schedule": parse_prompt_schedule,
+    "image": image_field,
+    "video": video_field,
+}
 
 
 @dataclass(frozen=True)
@@ -149,112 +188,6 @@ class Plan:
         return sum(sum(self.chunk_steps(k, kind)) for k in range(self.num_chunks))
 
 
-@dataclass(frozen=True)
-class CallTokens:
-    """The tokens of the transformer calls of one pyramid stage; sequence parallelism splits each part on its own."""
-
-    stage: int  # 0: the smallest grid, run first
-    history: int  # long + mid + short views, always at the full latent grid
-    current: int  # the chunk's latents at this stage's grid
-
-
-def size_multiple(patch_size: tuple[int, int, int], stages: int) -> int:
-    """What height and width must divide by: the pyramid halves the latent grid (stages - 1) times, each level patchified."""
-    return LATENT_STRIDE * patch_size[1] * 2 ** (stages - 1)
-
-
-def _patches(grid: tuple[int, int, int], kernel: tuple[int, int, int], padded: bool) -> int:
-    """Tokens of a patch embedding whose stride is its kernel; padded: the grid is first replicate-padded to a multiple."""
-    if padded:
-        return math.prod(-(-n // k) for n, k in zip(grid, kernel))
-    return math.prod(n // k for n, k in zip(grid, kernel))
-
-
-def _call_tokens(
-    height: int, width: int, chunk_frames: int, history_sizes: tuple[int, int, int], stages: int, patch_size: tuple[int, int, int]
-) -> tuple[CallTokens, ...]:
-    h, w = height // LATENT_STRIDE, width // LATENT_STRIDE
-    long_n, mid_n, short_n = history_sizes
-    # HeliosTransformer.embed_history: long and mid pooled 4x / 2x past padding, short (the first-frame
-    # prefix or one extra recent frame, plus short_n) at the patch size; the sampler's short view always
-    # holds short_n + 1 frames.
-    history = (
-        _patches((long_n, h, w), tuple(4 * k for k in patch_size), padded=True)
-        + _patches((mid_n, h, w), tuple(2 * k for k in patch_size), padded=True)
-        + _patches((short_n + 1, h, w), patch_size, padded=False)
-    )
-    # Generation.begin_chunk halves the grid (stages - 1) times; each later stage doubles it.
-    low_h, low_w = h // 2 ** (stages - 1), w // 2 ** (stages - 1)
-    return tuple(
-        CallTokens(s, history, _patches((chunk_frames, low_h * 2**s, low_w * 2**s), patch_size, padded=False)) for s in range(stages)
-    )
-
-
-def call_tokens(plan: Plan, patch_size: tuple[int, int, int]) -> tuple[CallTokens, ...]:
-    """The token counts every transformer call of a request sees, per pyramid stage, smallest first.
-
-    They are the same in every chunk, step and CFG branch, so a request's sizes can be judged
-    against a sequence-parallel degree before it is queued.
-    """
-    return _call_tokens(plan.height, plan.width, plan.chunk_frames, plan.history_sizes, plan.stages, patch_size)
-
-
-def _indivisible(calls: tuple[CallTokens, ...], sp_degree: int) -> str | None:
-    """The first token count sp_degree does not divide, in words, or None."""
-    if calls[0].history % sp_degree:
-        return indivisible_tokens(sp_degree, calls[0].history, "history")
-    for call in calls:
-        if call.current % sp_degree:
-            where = f" of pyramid stage {call.stage + 1} of {len(calls)}" if len(calls) > 1 else ""
-            return indivisible_tokens(sp_degree, call.current, "current-chunk") + where
-    return None
-
-
-def _nearest_fits(value: int, step: int, fits: Callable[[int], bool]) -> list[int]:
-    """The accepted sizes (multiples of step up to MAX_SIZE for which fits(size)) next below and next above value."""
-    sizes = range(step, MAX_SIZE + 1, step)
-    below = [s for s in sizes if s < value and fits(s)]
-    above = [s for s in sizes if s > value and fits(s)]
-    return below[-1:] + above[:1]
-
-
-def _distance(sizes: list[int], value: int) -> float:
-    return min((abs(s - value) for s in sizes), default=math.inf)
-
-
-def check_sp_degree(plan: Plan, patch_size: tuple[int, int, int], sp_degree: int) -> None:
-    """Refuse a size whose tokens `sp_degree` (Ulysses x Ring) ranks cannot split evenly, naming height or width.
-
-    Every rank holds an equal slice of the history tokens and of the current chunk's tokens of
-    every call (see parallel.py), so each of those counts must divide by the degree. The error
-    names the field whose nearest accepted value is closer and gives that value for both fields.
-    """
-    if isinstance(sp_degree, bool) or not isinstance(sp_degree, int) or sp_degree < 1:
-        raise ValueError(f"sp_degree must be an integer >= 1, got {sp_degree!r}")
-    reason = _indivisible(call_tokens(plan, patch_size), sp_degree)
-    if reason is None:
-        return
-    step = size_multiple(patch_size, plan.stages)
-
-    def fits(height: int, width: int) -> bool:
-        calls = _call_tokens(height, width, plan.chunk_frames, plan.history_sizes, plan.stages, patch_size)
-        return _indivisible(calls, sp_degree) is None
-
-    nearest = {
-        "height": (plan.height, _nearest_fits(plan.height, step, lambda h: fits(h, plan.width)), f"width {plan.width}"),
-        "width": (plan.width, _nearest_fits(plan.width, step, lambda w: fits(plan.height, w)), f"height {plan.height}"),
-    }
-    field = min(nearest, key=lambda name: _distance(nearest[name][1], nearest[name][0]))
-    order = (field, "width" if field == "height" else "height")
-    offers = [f"{name} {' or '.join(map(str, nearest[name][1]))} ({nearest[name][2]})" for name in order if nearest[name][1]]
-    accepted = f"nearest accepted: {', or '.join(offers)}" if offers else f"no height or width up to {MAX_SIZE} fits this degree"
-    raise RequestError(
-        field,
-        f"{reason} at height {plan.height}, width {plan.width} (every sequence-parallel rank takes an equal share of "
-        f"each call's history and current-chunk tokens); {accepted}",
-    )
-
-
 def _check_range(name: str, value, low=None, high=None, kind=(int,)):
     if isinstance(value, bool) or not isinstance(value, kind):
         raise RequestError(name, f"must be {'an integer' if kind == (int,) else 'a number'}, got {value!r}")
@@ -272,37 +205,6 @@ def _sigma_range(name: str, value) -> tuple[float, float]:
     if not 0.0 <= lo <= hi <= 1.0:
         raise RequestError(name, f"needs 0 <= min <= max <= 1, got ({lo}, {hi})")
     return lo, hi
-
-
-def image_to_tensor(image: Any, height: int, width: int, name: str = "image") -> torch.Tensor:
-    """A PIL image, (H, W, 3) uint8 array or tensor -> (1, 3, H, W) in [-1, 1], resized with Lanczos."""
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise RequestError(name, f"an array image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise RequestError(name, f"must be an image (PIL, or an (H, W, 3) uint8 array), got {type(image).__name__}")
-    image = image.convert("RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), resample=Image.LANCZOS)
-    array = np.asarray(image).astype(np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
-
-
-def video_to_tensor(video: Any, height: int, width: int) -> torch.Tensor:
-    """A sequence of frames (PIL or uint8 (T, H, W, 3)) -> (1, 3, T, H, W) in [-1, 1]."""
-    if isinstance(video, torch.Tensor):
-        video = video.detach().cpu().numpy()
-    if isinstance(video, np.ndarray):
-        if video.ndim != 4:
-            raise RequestError("video", f"an array video must be (T, H, W, 3) uint8, got shape {video.shape}")
-        video = list(video)
-    if not isinstance(video, (list, tuple)) or not video:
-        raise RequestError("video", "must be a non-empty sequence of frames")
-    frames = [image_to_tensor(f, height, width, "video") for f in video]
-    return torch.stack(frames, dim=2)
 
 
 def plan(

@@ -7,7 +7,7 @@ the core reads from the checkpoint folder (see request_mapping.py). The class na
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,11 +72,14 @@ class HeliosCoreConfig(PipelineConfig):
 
 
 @dataclass
-class HeliosCoreSamplingParams(SamplingParams):
-    """Every GenerationRequest option of the core; None = the checkpoint variant's default.
+class HeliosSamplingParamsBase(SamplingParams):
+    """SGLang's shared sampling fields with Helios' defaults, and the request hooks.
 
-    image / video: base64 (or data: URL) PNG/JPEG/WebP image and mp4/webm video.
-    pyramid_steps: steps per pyramid stage (Mid/Distilled); history_sizes: (long, mid, short);
+    `HeliosCoreSamplingParams` below adds every other GenerationRequest field (HELIOS_FIELDS)
+    with a None default (= the checkpoint variant's default), so the list is the core's own.
+    Values arrive as the client sent them (JSON or form values) and are type-checked by the core:
+    image / video: base64 (or data: URL) PNG/JPEG/WebP image and mp4/webm video; pyramid_steps:
+    steps per pyramid stage (Mid/Distilled); history_sizes: (long, mid, short);
     image_noise_sigma / video_noise_sigma: (min, max); prompt_schedule: interactive prompts as
     [{"start_chunk": 0, "prompt": "..."}, ...].
     """
@@ -93,25 +96,6 @@ class HeliosCoreSamplingParams(SamplingParams):
     supported_resolutions: list[tuple[int, int]] | None = field(
         default_factory=lambda: [(_DEFAULTS.width, _DEFAULTS.height)], metadata={"batch_sig_exclude": True}
     )
-
-    task: str | None = None
-    image: str | None = None
-    video: str | None = None
-    pyramid_steps: list[int] | None = None
-    use_zero_init: bool | None = None
-    zero_steps: int | None = None
-    is_amplify_first_chunk: bool | None = None
-    is_skip_first_chunk: bool | None = None
-    keep_first_frame: bool | None = None
-    history_sizes: list[int] | None = None
-    num_latent_frames_per_chunk: int | None = None
-    image_noise_sigma: list[float] | None = None
-    video_noise_sigma: list[float] | None = None
-    add_noise_to_image_latents: bool | None = None
-    add_noise_to_video_latents: bool | None = None
-    prompt_schedule: list[Any] | None = None
-    interpolation_steps: int | None = None
-    timeout_s: float | None = None  # time budget for the denoising steps; past it the job fails
     # SGLang rounds num_frames to its VAE/GPU alignment (99 -> 97); the core plans Helios' chunks
     # from the frames asked for, so the request reaches it unchanged.
     adjust_frames: bool = False
@@ -151,6 +135,16 @@ class HeliosCoreSamplingParams(SamplingParams):
         if served is not None:
             folder, sp_degree = served
             plan_for_folder(folder, request, sp_degree)
+
+
+# The class name contains "Helios" (SGLang keys sequence sharding on it); its fields beyond the
+# base's are the core's request fields SGLang does not carry itself.
+HeliosCoreSamplingParams = make_dataclass(
+    "HeliosCoreSamplingParams",
+    [(name, Any, None) for name in HELIOS_FIELDS],
+    bases=(HeliosSamplingParamsBase,),
+    namespace={"__module__": __name__, "__doc__": "Every GenerationRequest option of the core; None = the checkpoint variant's default."},
+)
 
 
 def _served_checkpoint() -> tuple[str, int] | None:

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from bench.launch import free_port
 from helios_backends.cli import main
-from helios_backends.video import Mp4Writer, decode_mp4
+from helios_backends.media_read import decode_mp4
+from helios_backends.media_write import Mp4Writer
 
 from .conftest import HEIGHT, WIDTH, random_image, random_video, relative_error
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from helios_backends.errors import RequestError
-from helios_backends.media import decode_image, decode_video
-from helios_backends.video import Mp4Writer, decode_mp4
+from helios_backends.media_read import decode_image, decode_mp4, decode_video
+from helios_backends.media_write import Mp4Writer
 
 from .conftest import HEIGHT, WIDTH, random_image
 

@@ -10,7 +10,8 @@ import pytest
 from helios_backends.config import PipelineConfig, SchedulerConfig
 from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import COMPONENTS, plan_for_folder, read_configs
-from helios_backends.request import CallTokens, GenerationRequest, call_tokens, plan
+from helios_backends.parallel import CallTokens, call_tokens
+from helios_backends.request import GenerationRequest, plan
 from helios_backends.tiny import TINY_TRANSFORMER, model_index, scheduler_config
 
 from .conftest import random_image, random_video

@@ -27,16 +27,18 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helios_backends.errors import RequestError
+from helios_backends.fields import form_fields
 from helios_backends.loading import plan_for_folder
+from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
 from . import ARCHITECTURES
-from .requests import MAX_MEDIA_BYTES, to_generation_request
+from .requests import HELIOS_EXTRA_PARAMS, to_generation_request
 
 VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # The form fields vLLM-Omni reads that are not plain scalars of `VideoGenerationRequest`.
 NON_SCALAR_FIELDS = frozenset({"extra_params", "lora", "image_reference", "video_reference", "audio_reference"})
-MAX_CHECKED_BODY = 2 * MAX_MEDIA_BYTES
+MAX_CHECKED_BODY = 2 * max(MAX_IMAGE_BYTES, MAX_VIDEO_BYTES)
 
 
 @dataclass
@@ -107,10 +109,18 @@ def replay(messages: list[Message], receive: Receive) -> Receive:
 
 
 async def form_request(form) -> tuple[dict, FormSampling] | None:
-    """(prompt, sampling) as vLLM-Omni builds them from the form; None when the server itself will refuse the form."""
+    """(prompt, sampling) as vLLM-Omni builds them from the form; None when the server itself will refuse the form.
+
+    A Helios option sent as a form field of its own (or as repeated `key[]` fields, as the OpenAI
+    SDK sends a list) is refused naming it: vLLM-Omni reads Helios options only from extra_params.
+    """
     from vllm_omni.entrypoints.openai.protocol.videos import VideoGenerationRequest
 
-    fields = {k: v for k, v in form.items() if isinstance(v, str) and v != "" and k in VideoGenerationRequest.model_fields}
+    sent = form_fields(form.multi_items())
+    misplaced = sorted(HELIOS_EXTRA_PARAMS & sent.keys())
+    if misplaced:  # vLLM-Omni's form parser would drop it without a word
+        raise RequestError(misplaced[0], "is a Helios option: send it in extra_params (a JSON object), which vLLM-Omni passes on")
+    fields = {k: v for k, v in sent.items() if isinstance(v, str) and v != "" and k in VideoGenerationRequest.model_fields}
     try:
         extra = json.loads(fields.pop("extra_params", "null"))
         request = VideoGenerationRequest(**{k: v for k, v in fields.items() if k not in NON_SCALAR_FIELDS})

@@ -24,7 +24,7 @@ from vllm_omni.errors import OmniClientError
 
 from helios_backends.errors import GenerationTimeout, RequestError
 from helios_backends.loading import FolderConfigs, plan_for_folder, read_configs
-from helios_backends.media import MAX_VIDEO_FRAMES
+from helios_backends.media_read import MAX_VIDEO_FRAMES
 from helios_backends.config import uses_cfg_by_default
 from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_parallel_config
 from helios_backends.pipeline import Helios

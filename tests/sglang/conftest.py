@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from bench.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
-from helios_backends.video import decode_mp4  # noqa: E402
+from helios_backends.media_read import decode_mp4  # noqa: E402
 
 HEIGHT, WIDTH = 64, 128
 SGLANG = str(Path(sys.executable).with_name("sglang"))

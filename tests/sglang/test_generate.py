@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from helios_backends.request import GenerationRequest, PromptSegment
-from helios_backends.video import decode_mp4
+from helios_backends.media_read import decode_mp4
 
 from .conftest import HEIGHT, WIDTH, as_served, core_frames, run_generate
 

@@ -74,7 +74,7 @@ def test_generate_with_offload_writes_the_video_of_no_offload(tiny_folders, fp32
     )
     _assert_wrote(result, tmp_path / "fox.mp4")
     assert f"Helios core: offload={mode} " in result.stdout + result.stderr  # the core really ran offloaded
-    from helios_backends.video import decode_mp4
+    from helios_backends.media_read import decode_mp4
 
     request = GenerationRequest(prompt="a fox", height=HEIGHT, width=WIDTH, num_frames=33, seed=9, pyramid_steps=(1, 1, 1))
     expected = core_frames(folder, request)

@@ -13,7 +13,8 @@ from PIL import Image
 from helios_backends.config import VARIANT_DEFAULTS
 from helios_backends.loading import plan_for_folder
 from helios_backends.request import GenerationRequest, PromptSegment
-from helios_backends.video import Mp4Writer, decode_mp4
+from helios_backends.media_read import decode_mp4
+from helios_backends.media_write import Mp4Writer
 
 from .conftest import HEIGHT, WIDTH, as_served, core_frames, start_server
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from vllm_omni.entrypoints.openai.video_api_utils import _encode_video_bytes
 
-from helios_backends.video import Mp4Writer, decode_mp4
+from helios_backends.media_read import decode_mp4
+from helios_backends.media_write import Mp4Writer
 
 from .conftest import FAST, HEIGHT, WIDTH, core_frames, png_bytes, start_server
 

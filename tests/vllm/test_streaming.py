@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.compare_worker import realtime_session
-from helios_backends.video import decode_mp4
+from helios_backends.media_read import decode_mp4
 
 from .conftest import FAST, HEIGHT, WIDTH, start_server
 

@@ -1,4 +1,4 @@
-"""Video files: H.264 mp4 written chunk by chunk, and reading input videos and images.
+"""Writing media: H.264 mp4 files written chunk by chunk.
 
 `Mp4Writer` encodes on a background thread, so the CPU-side encoding of chunk k-1 overlaps the
 denoising and VAE decode of chunk k, and writes to a temporary name that becomes the output only
@@ -17,7 +17,6 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 
 class Mp4Writer:
@@ -79,31 +78,3 @@ class Mp4Writer:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(discard=exc_type is not None)
 
-
-def read_image(path: str | Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
-
-
-def read_video(path: str | Path, max_frames: int | None = None) -> list[np.ndarray]:
-    """The frames of a video file as (H, W, 3) uint8 arrays."""
-    try:
-        with av.open(str(path)) as container:
-            frames = []
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except (av.FFmpegError, OSError, IndexError) as exc:
-        raise ValueError(f"cannot read video {path}: {exc}") from None
-    if not frames:
-        raise ValueError(f"cannot read video {path}: it has no frames")
-    return frames
-
-
-def decode_mp4(path: str | Path) -> np.ndarray:
-    """All frames of an mp4 as (T, H, W, 3) uint8 (for tests and comparisons)."""
-    return np.stack(read_video(path))
