@@ -33,7 +33,8 @@ from helios_backends.session import Session
 
 from .requests import to_generation_request
 
-logger = init_logger(__name__)
+# Under vllm_omni's logger, which vLLM-Omni hangs under vLLM's: worker logs show it.
+logger = init_logger(f"vllm_omni.{__name__}")
 
 # vLLM-Omni parallel settings the core maps onto its own parallelism -> the flag that sets each.
 CORE_PARALLEL_SETTINGS = {
@@ -228,6 +229,7 @@ class HeliosCorePipeline(nn.Module):
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
         offload = core_offload(od_config)
+        logger.info("Helios core: offload=%s parallel=%s", offload, None if parallel is None else parallel.config)
         with default_dtype(torch.float32):
             self.helios = Helios.from_pretrained(
                 od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload
