@@ -32,21 +32,6 @@ def assert_released(helios: Helios, session) -> None:
     assert session.closed and session.generation.context is None and session.generation.negative_context is None
 
 
-def test_iterating_a_session_gives_the_chunks_of_the_step_by_step_sampler(cores):
-    core = cores["distilled"]
-    gen = core.start(request())
-    stepwise = []
-    while not gen.done:
-        gen.begin_chunk()
-        while not gen.chunk_denoised:
-            gen.step()
-        stepwise.append(gen.end_chunk().latents)
-    with core.session(request(), decode=False) as session:
-        iterated = [c.latents for c in session]
-    assert [c.shape[2] for c in iterated] == [9, 9]
-    assert all(torch.equal(a, b) for a, b in zip(stepwise, iterated, strict=True))
-
-
 def test_step_wise_driving_equals_iteration_and_assembles_the_same_video(cores):
     core = cores["distilled"]
     with core.session(request(), keep="frames") as iterated:
