@@ -131,7 +131,8 @@ class Session:
         pending: tuple[Chunk, PendingFrames] | None = None
         with torch.no_grad():
             while not gen.done:
-                gen.begin_chunk()
+                if not gen.in_chunk:  # one begun by step() goes on
+                    gen.begin_chunk()
                 while not gen.chunk_denoised:
                     gen.step()
                     if on_step is not None:
