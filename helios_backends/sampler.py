@@ -222,11 +222,11 @@ class Generation:
         later = [i for i, s in enumerate(self.prompt_starts) if s > chunk]
         self.prompt_starts = [self.prompt_starts[i] for i in keep] + [chunk] + [self.prompt_starts[i] for i in later]
         self.prompt_text = torch.cat([self.prompt_text[keep], text, self.prompt_text[later]])
-        self.context = None  # each chunk encodes its own blend from now on; frees the graph text slot
+        self.context = None  # each chunk encodes its own prompt from now on; frees the graph text slot
 
     def close(self) -> None:
-        """Drop what the request holds on the device: text contexts (freeing their CUDA-graph text
-        slots) and the chunk in flight. The generation cannot step afterwards."""
+        """Drop what the request holds on the device for its steps: text contexts (freeing their
+        CUDA-graph text slots), history views, RoPE tables. The generation cannot step afterwards."""
         self._closed = True
         self.context = self.negative_context = self._context = None
         self._history = self._stepper = None
@@ -262,7 +262,7 @@ class Generation:
             short = one
         self._history = History(short.to(self.dtype), mid.to(self.dtype), long.to(self.dtype))
         self._take_live_prompt(k)
-        if len(self.prompt_starts) > 1:
+        if self.context is None:  # prompts change over the chunks: each chunk encodes its own
             self.chunk_text = interpolated_prompt(self.prompt_text, self.prompt_starts, k, plan.interpolation_steps)
             self._context = None  # the last chunk's context is freed first: its graph slot is reused
             self._context = self.transformer.encode_text(self.chunk_text.expand(b, -1, -1))

@@ -156,3 +156,12 @@ def test_offload_settings_are_constructor_arguments(cores):
     with pytest.raises(ValueError, match="offload 'layer'"):
         Helios(core.transformer, core.pipeline, core.scheduler, core.text_encoder, core.vae, offload="layer")
     assert Helios(core.transformer, core.pipeline, core.scheduler, core.text_encoder, core.vae, offload="model").offload == "model"
+
+
+def test_a_live_prompt_change_before_the_first_chunk_replaces_the_prompt(cores):
+    core = cores["distilled"]
+    with core.session(request(num_frames=33), decode=False) as session:
+        session.change_prompt("a storm at sea")
+        (live,) = [c.latents for c in session]
+    (asked,) = [c.latents for c in core.session(request(prompt="a storm at sea", num_frames=33), decode=False)]
+    assert torch.equal(live, asked)
