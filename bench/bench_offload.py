@@ -65,12 +65,11 @@ def run_ours(ref, vae, device, mode: str, slots: int, prompt, out: Path):
     torch.cuda.empty_cache()
     graphs = layers is None
     helios = Helios(model, pipeline_config("distilled"), scheduler_config("distilled", 1 / 3, out), None,
-                    WanVAE(copy.deepcopy(vae)), cuda_graphs=graphs)  # a copy: ours stores it channels-last
-    helios.offload, helios.layers = mode, layers
+                    WanVAE(copy.deepcopy(vae)), cuda_graphs=graphs, offload=mode, layers=layers)  # a copy: ours stores it channels-last
 
     def request(n):
         req = GenerationRequest(prompt="(embeddings given)", height=HEIGHT, width=WIDTH, num_frames=n, pyramid_steps=(1, 1, 1), seed=0)
-        return sum(c.frames.shape[1] for c in helios.stream(helios.start(req, prompt_embeds=prompt)))
+        return sum(c.frames.shape[1] for c in helios.session(req, prompt_embeds=prompt))
 
     return request
 

@@ -240,7 +240,6 @@ def run(
 ) -> None:
     import contextlib
 
-    import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -250,30 +249,27 @@ def run(
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
                                     offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)
     try:
-        gen = helios.start(p)
+        session = helios.session(p, decode=writer, keep="latents" if writer and latents_path else None)
     except RequestError as exc:
         raise request_error(exc) from None
-    bar = tqdm(total=gen.total_steps, unit="step", disable=not (writer and sys.stderr.isatty()), file=sys.stderr)
+    bar = tqdm(total=session.total_steps, unit="step", disable=not (writer and sys.stderr.isatty()), file=sys.stderr)
 
-    def progress(g) -> None:
-        bar.set_description(f"chunk {g.chunk + 1}/{p.num_chunks}", refresh=False)
+    def progress(s) -> None:
+        bar.set_description(f"chunk {s.chunk + 1}/{p.num_chunks}", refresh=False)
         bar.update()
 
-    kept = [] if gen.prefix_latents is None else [gen.prefix_latents.cpu()]
     mp4 = Mp4Writer(out, p.width, p.height, fps) if writer else contextlib.nullcontext()
-    with mp4:
+    with mp4, session:
         try:
-            for chunk in helios.stream(gen, decode=writer, on_step=progress):
+            for chunk in session.chunks(on_step=progress):
                 if writer:
-                    if latents_path:
-                        kept.append(chunk.latents.float().cpu())
                     mp4.write(chunk.frames[0])
         except RequestError as exc:
             raise request_error(exc) from None
     bar.close()
     if writer:
         if latents_path:
-            save_file({"latents": torch.cat(kept, dim=2).contiguous()}, latents_path)
+            save_file({"latents": session.latents().contiguous()}, latents_path)
         print(f"wrote {out} ({mp4.frames_written} frames, {p.width}x{p.height} at {fps} fps)")
 
 

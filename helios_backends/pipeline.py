@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,18 +15,10 @@ from .ops import default_ops
 from .parallel import ParallelGroups, SequenceParallelOps
 from .request import GenerationRequest, Plan, plan
 from .sampler import Chunk, Generation, rand, randn
+from .session import ChunkOutput, Keep, PendingFrames, Session
 from .text import TextEncoder
 from .transformer import HeliosTransformer
 from .vae import WanVAE, to_uint8_frames
-
-
-@dataclass(frozen=True)
-class ChunkOutput:
-    """A finished chunk: latents (B, 16, T, h, w) and, when decoded, frames (B, T', H, W, 3) uint8."""
-
-    index: int
-    latents: torch.Tensor
-    frames: torch.Tensor | None
 
 
 class Helios:
@@ -40,14 +31,22 @@ class Helios:
         vae: WanVAE | None,
         parallel: ParallelGroups | None = None,
         cuda_graphs: bool = False,
+        offload: str = "none",
+        layers: LayerOffload | None = None,
     ):
+        """offload: the mode of from_pretrained; `layers` streams the transformer's blocks (offload
+        "layer" only). Graphs are not captured over streamed blocks."""
+        if offload not in OFFLOAD_MODES:
+            raise CheckpointError(f"offload must be one of {list(OFFLOAD_MODES)}, got {offload!r}")
+        if (offload == "layer") != (layers is not None):
+            raise ValueError(f"offload {offload!r}: a LayerOffload of the blocks is given exactly with offload 'layer'")
         self.parallel = parallel
-        self.offload = "none"
-        self.layers: LayerOffload | None = None
+        self.offload = offload
+        self.layers = layers
         self.transformer = transformer
         # The sampler calls the denoiser; on CUDA it replays captured graphs of the transformer.
         self.denoiser = transformer
-        if cuda_graphs and transformer.device.type == "cuda" and parallel is None:
+        if cuda_graphs and layers is None and transformer.device.type == "cuda" and parallel is None:
             from .graphs import GraphedTransformer
 
             self.denoiser = GraphedTransformer(transformer)
@@ -109,10 +108,7 @@ class Helios:
         text_device = torch.device("cpu") if offload != "none" else device
         text_encoder = TextEncoder.load(folder, dtype, text_device)
         vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
-        helios = cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs and layers is None)
-        helios.offload = offload
-        helios.layers = layers
-        return helios
+        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers)
 
     @property
     def device(self) -> torch.device:
@@ -134,7 +130,8 @@ class Helios:
 
     # -- preparation ------------------------------------------------------------------------------
 
-    def _encode(self, prompts: list[str], max_length: int) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], max_length: int) -> torch.Tensor:
+        """(N, max_length, D) text encoder states; with offload, the encoder visits the device for it."""
         if self.text_encoder is None:
             raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
         if self.offload == "none":
@@ -146,8 +143,14 @@ class Helios:
         finally:
             self.text_encoder.encoder.to(home)
 
+    @property
+    def resident_blocks(self) -> list[int]:
+        """The offloaded transformer blocks with a copy on the device ([] without layer offload)."""
+        return [] if self.layers is None else self.layers.resident
+
     def release(self) -> None:
-        """Free what a finished request left on the device (the offloaded blocks' slots)."""
+        """Free what a finished request left on the device (the offloaded blocks' slots); a
+        Session calls it when it closes."""
         if self.layers is not None:
             self.layers.release()
 
@@ -205,12 +208,12 @@ class Helios:
         if generator is None:
             generator = self.make_generator(p.seed)
         with torch.no_grad():
-            text = prompt_embeds if prompt_embeds is not None else self._encode(list(p.prompts), p.max_sequence_length)
+            text = prompt_embeds if prompt_embeds is not None else self.encode_prompts(list(p.prompts), p.max_sequence_length)
             negative = None
             if p.do_cfg:
                 negative = negative_prompt_embeds
                 if negative is None:
-                    negative = self._encode([p.negative_prompt] * (1 if p.prompt_schedule else len(p.prompts)), p.max_sequence_length)
+                    negative = self.encode_prompts([p.negative_prompt] * (1 if p.prompt_schedule else len(p.prompts)), p.max_sequence_length)
             image_latents = history = prefix = None
             if p.task == "i2v":
                 image_latents, history = self._condition_image(p, generator)
@@ -221,6 +224,23 @@ class Helios:
         return Generation(
             p, self.denoiser, self.pipeline, self.scheduler, text, negative, generator, image_latents, history, prefix, self.parallel
         )
+
+    def session(
+        self,
+        request: GenerationRequest | Plan,
+        generator: torch.Generator | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        decode: bool = True,
+        keep: Keep | None = None,
+    ) -> Session:
+        """Prepare a request (see `start`) as a Session; what preparing held is released if it fails."""
+        try:
+            gen = self.start(request, generator, prompt_embeds, negative_prompt_embeds)
+        except BaseException:
+            self.release()
+            raise
+        return Session(self, gen, decode, keep)
 
     # -- decoding ---------------------------------------------------------------------------------
 
@@ -251,58 +271,8 @@ class Helios:
         self,
         request: GenerationRequest | Generation,
         decode: bool = True,
-        on_step: Callable[[Generation], None] | None = None,
+        on_step: Callable[[Session], None] | None = None,
     ) -> Iterator[ChunkOutput]:
-        """Run a request chunk by chunk, handing out each chunk as soon as its frames exist.
-
-        On CUDA the host queues chunk k+1's steps while the GPU still decodes chunk k; its frames
-        are handed out at the first step boundary after they are ready. `on_step` is called after
-        every step.
-        """
-        gen = request if isinstance(request, Generation) else self.start(request)
-        try:
-            yield from self._stream(gen, decode, on_step)
-        finally:
-            self.release()
-
-    def _stream(self, gen: Generation, decode: bool, on_step) -> Iterator[ChunkOutput]:
-        pending: tuple[Chunk, PendingFrames] | None = None
-        with torch.no_grad():
-            while not gen.done:
-                gen.begin_chunk()
-                while not gen.chunk_denoised:
-                    gen.step()
-                    if on_step is not None:
-                        on_step(gen)
-                    if pending is not None and pending[1].ready():
-                        yield ChunkOutput(pending[0].index, pending[0].latents, pending[1].result())
-                        pending = None
-                chunk = gen.end_chunk()
-                if pending is not None:
-                    yield ChunkOutput(pending[0].index, pending[0].latents, pending[1].result())
-                    pending = None
-                if decode:
-                    pending = (chunk, self.decode_async(gen, chunk))
-                    if pending[1].ready():  # decoded synchronously (off CUDA) or already done
-                        yield ChunkOutput(chunk.index, chunk.latents, pending[1].result())
-                        pending = None
-                else:
-                    yield ChunkOutput(chunk.index, chunk.latents, None)
-            if pending is not None:
-                yield ChunkOutput(pending[0].index, pending[0].latents, pending[1].result())
-
-
-class PendingFrames:
-    """Frames being decoded: `ready()` polls without blocking, `result()` waits for them."""
-
-    def __init__(self, frames: torch.Tensor, done: "torch.cuda.Event | None"):
-        self._frames = frames
-        self._done = done
-
-    def ready(self) -> bool:
-        return self._done is None or self._done.query()
-
-    def result(self) -> torch.Tensor:
-        if self._done is not None:
-            self._done.synchronize()
-        return self._frames
+        """The chunks of a Session of `request` (or of a prepared Generation); see Session.chunks."""
+        session = Session(self, request, decode) if isinstance(request, Generation) else self.session(request, decode=decode)
+        return session.chunks(on_step)

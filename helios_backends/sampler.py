@@ -1,14 +1,12 @@
 """The chunked, pyramid sampler as a step-wise state machine.
 
-A `Generation` is one request in flight. An engine's scheduler drives it one call at a time:
+A `Generation` is one request in flight, driven one call at a time by its `Session`
+(session.py), the one loop every front end uses:
 
-    gen = helios.start(request)
-    while not gen.done:
-        gen.begin_chunk()                 # draws the chunk's noise
-        while not gen.chunk_denoised:
-            gen.step()                    # one denoising step (stage changes happen inside)
-        chunk = gen.end_chunk()           # latents of the chunk; history updated
-        frames = helios.decode(chunk)     # uint8 frames, available at once
+    gen.begin_chunk()                     # draws the chunk's noise, picks its prompt
+    while not gen.chunk_denoised:
+        gen.step()                        # one denoising step (stage changes happen inside)
+    chunk = gen.end_chunk()               # latents of the chunk; history updated
 
 `step()` stops a generation that `cancel()` was called on, or whose request's `timeout_s` has
 run out since it was created, by raising `GenerationCancelled` / `GenerationTimeout`; the
@@ -23,6 +21,7 @@ the first-frame prefix), so its state does not grow with the video's length.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -85,7 +84,7 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, zero_star: boo
 
 
 def interpolated_prompt(embeds: torch.Tensor, starts: list[int], chunk: int, steps: int) -> torch.Tensor:
-    """Interactive mode: a new prompt blends in from the previous one over `steps` chunks.
+    """Interactive mode: a new prompt, scheduled or live, blends in from the previous one over `steps` chunks.
 
     Upstream lerps with weights linspace(0, 1, steps), so a prompt's own start chunk still shows
     only the old prompt; here the weight is (p + 1) / steps for the p-th chunk of the prompt, so
@@ -142,8 +141,14 @@ class Generation:
         self.device = transformer.device
         self.dtype = transformer.dtype
         self.text = text.to(self.device, self.dtype)
+        # The prompts in chunk order: the schedule's, or the request's (one row per video), and
+        # later the live changes (set_prompt). One prompt keeps one context for every chunk.
+        self.prompt_starts = [s.start_chunk for s in plan.prompt_schedule] if plan.prompt_schedule else [0]
+        self.prompt_text = self.text
+        self._live_prompt: torch.Tensor | None = None
+        self._prompt_lock = threading.Lock()
         with torch.no_grad():
-            self.context = None if plan.prompt_schedule else transformer.encode_text(self.text)
+            self.context = transformer.encode_text(self.text) if len(self.prompt_starts) == 1 else None
             self.negative_context = None if negative_text is None else transformer.encode_text(negative_text.to(self.device, self.dtype))
         self.image_latents = image_latents
         self.prefix_latents = prefix_latents
@@ -172,6 +177,7 @@ class Generation:
         self._latents: torch.Tensor | None = None
         self._denoised = False
         self._cancelled = False
+        self._closed = False
         self.deadline = None if plan.timeout_s is None else time.monotonic() + plan.timeout_s
 
     # -- progress ---------------------------------------------------------------------------------
@@ -179,6 +185,11 @@ class Generation:
     @property
     def done(self) -> bool:
         return self.chunk == self.plan.num_chunks - 1 and self._latents is None
+
+    @property
+    def in_chunk(self) -> bool:
+        """A chunk has begun and not yet ended."""
+        return self._latents is not None
 
     @property
     def chunk_denoised(self) -> bool:
@@ -190,7 +201,40 @@ class Generation:
             raise RuntimeError("cancel: not available with parallel groups: the ranks would stop at different steps")
         self._cancelled = True
 
+    def set_prompt(self, text: torch.Tensor) -> None:
+        """A live prompt change: `text` (1, S, D) takes over at the next chunk to begin, blending in
+        from the current prompt over `interpolation_steps` chunks as a scheduled prompt does.
+        Safe to call from another thread; a second call before that chunk replaces the first."""
+        if self.plan.batch_size != 1:
+            raise RequestError("prompt", f"a live prompt change needs a request of one video, this one makes {self.plan.batch_size}")
+        if text.shape[0] != 1 or text.shape[1:] != self.text.shape[1:]:
+            raise ValueError(f"set_prompt: text must be (1, {', '.join(map(str, self.text.shape[1:]))}), got {tuple(text.shape)}")
+        with self._prompt_lock:
+            self._live_prompt = text.to(self.device, self.dtype)
+
+    def _take_live_prompt(self, chunk: int) -> None:
+        """Enter a pending live prompt into the prompt list as starting at `chunk`."""
+        with self._prompt_lock:
+            text, self._live_prompt = self._live_prompt, None
+        if text is None:
+            return
+        keep = [i for i, s in enumerate(self.prompt_starts) if s < chunk]  # a prompt starting here too is replaced
+        later = [i for i, s in enumerate(self.prompt_starts) if s > chunk]
+        self.prompt_starts = [self.prompt_starts[i] for i in keep] + [chunk] + [self.prompt_starts[i] for i in later]
+        self.prompt_text = torch.cat([self.prompt_text[keep], text, self.prompt_text[later]])
+        self.context = None  # each chunk encodes its own prompt from now on; frees the graph text slot
+
+    def close(self) -> None:
+        """Drop what the request holds on the device for its steps: text contexts (freeing their
+        CUDA-graph text slots), history views, RoPE tables. The generation cannot step afterwards."""
+        self._closed = True
+        self.context = self.negative_context = self._context = None
+        self._history = self._stepper = None
+        self._rope.clear()
+
     def _check_running(self) -> None:
+        if self._closed:
+            raise RuntimeError("step: the generation is closed")
         if self._cancelled:
             raise GenerationCancelled(f"cancelled after {self.steps_done} of {self.total_steps} steps")
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -202,6 +246,8 @@ class Generation:
 
     @torch.no_grad()
     def begin_chunk(self) -> None:
+        if self._closed:
+            raise RuntimeError("begin_chunk: the generation is closed")
         if self._latents is not None or self.done:
             raise RuntimeError("begin_chunk: the previous chunk is not finished, or the request is done")
         self.chunk += 1
@@ -215,9 +261,9 @@ class Generation:
         else:
             short = one
         self._history = History(short.to(self.dtype), mid.to(self.dtype), long.to(self.dtype))
-        if plan.prompt_schedule:
-            starts = [s.start_chunk for s in plan.prompt_schedule]
-            self.chunk_text = interpolated_prompt(self.text, starts, k, plan.interpolation_steps)
+        self._take_live_prompt(k)
+        if self.context is None:  # prompts change over the chunks: each chunk encodes its own
+            self.chunk_text = interpolated_prompt(self.prompt_text, self.prompt_starts, k, plan.interpolation_steps)
             self._context = None  # the last chunk's context is freed first: its graph slot is reused
             self._context = self.transformer.encode_text(self.chunk_text.expand(b, -1, -1))
         else:

@@ -1,12 +1,12 @@
 """SGLang pipelines that run the Helios core step by step.
 
 SGLang loads the checkpoint through `load_modules`, which here builds one `Helios` from the
-folder; the stages then drive the core's step-wise API on SGLang's request object:
+folder; two stages then run the request on SGLang's request object:
 
     HeliosPlanStage      Req -> GenerationRequest -> Plan   (bad fields fail the request, named)
-    HeliosEncodeStage    helios.start: text and I2V/V2V conditioning encoded, first noise drawn
-    HeliosDenoiseStage   begin_chunk / step / end_chunk, reporting progress per step
-    HeliosDecodeStage    helios.decode per chunk -> uint8 frames SGLang writes as the mp4
+    HeliosSessionStage   one core Session: text and I2V/V2V conditioning encoded, every chunk
+                         denoised (progress reported per step) and decoded -> uint8 frames SGLang
+                         writes as the mp4; the request's hold on the device released at its end
 
 The frames are handed over as uint8 arrays, which SGLang's writer takes as they are, so the
 served video holds exactly the core's frames.
@@ -51,46 +51,23 @@ class HeliosPlanStage(_HeliosStage):
         return batch
 
 
-class HeliosEncodeStage(_HeliosStage):
-    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+class HeliosSessionStage(_HeliosStage):
+    def forward(self, batch: Req, server_args: ServerArgs) -> OutputBatch:
         plan = batch.helios_plan
         generator = None
         if batch.sampling_params.generator_device == "cpu" and plan.seed is not None:
             # SGLang's switch for device-independent noise: the core draws on this generator's device.
             generator = torch.Generator("cpu").manual_seed(plan.seed)
-        batch.helios_generation = self.helios.start(plan, generator=generator)
-        return batch
-
-
-class HeliosDenoiseStage(_HeliosStage):
-    @property
-    def role_affinity(self) -> RoleType:
-        return RoleType.DENOISER
-
-    def forward(self, batch: Req, server_args: ServerArgs) -> Req:
-        gen = batch.helios_generation
-        chunks = []
-        with torch.no_grad(), self.progress_bar(total=gen.total_steps, batch=batch) as progress:
-            while not gen.done:
-                gen.begin_chunk()
-                while not gen.chunk_denoised:
-                    gen.step()
-                    progress.update(1)
-                chunks.append(gen.end_chunk())
-        batch.helios_chunks = chunks
-        return batch
-
-
-class HeliosDecodeStage(_HeliosStage):
-    @property
-    def role_affinity(self) -> RoleType:
-        return RoleType.DECODER
-
-    def forward(self, batch: Req, server_args: ServerArgs) -> OutputBatch:
-        gen = batch.helios_generation
-        frames = torch.cat([self.helios.decode(gen, chunk) for chunk in batch.helios_chunks], dim=1)
-        del batch.helios_chunks, batch.helios_generation
-        return OutputBatch(output=[np.ascontiguousarray(v) for v in frames.cpu().numpy()], metrics=batch.metrics)
+        session = self.helios.session(plan, generator=generator, keep="frames")
+        try:
+            with self.progress_bar(total=session.total_steps, batch=batch) as progress:
+                session.run(on_step=lambda _: progress.update(1))
+        finally:
+            session.close()
+            logger.info("Helios core: request released; offloaded blocks on the device: %s", self.helios.resident_blocks)
+        del batch.helios_plan
+        frames = session.video()
+        return OutputBatch(output=[np.ascontiguousarray(v) for v in frames.numpy()], metrics=batch.metrics)
 
 
 class HeliosCorePipeline(ComposedPipelineBase):
@@ -130,9 +107,7 @@ class HeliosCorePipeline(ComposedPipelineBase):
     def create_pipeline_stages(self, server_args: ServerArgs) -> None:
         helios = self.get_module("helios")
         self.add_stage(HeliosPlanStage(helios), "helios_plan_stage")
-        self.add_stage(HeliosEncodeStage(helios), "helios_encode_stage")
-        self.add_stage(HeliosDenoiseStage(helios), "helios_denoise_stage")
-        self.add_stage(HeliosDecodeStage(helios), "helios_decode_stage")
+        self.add_stage(HeliosSessionStage(helios), "helios_session_stage")
 
 
 class HeliosCorePyramidPipeline(HeliosCorePipeline):

@@ -2,8 +2,8 @@
 
 vLLM-Omni builds this class from its `OmniDiffusionConfig`, asks it to run requests, and turns
 what it returns into videos. Everything Helios-specific (loading, validation, sampling, decoding)
-is the core's; this file translates requests and results and maps the engine's step-wise
-execution (used by `--diffusion-streaming-output`) onto the core's `Generation` state machine.
+is the core's; this file translates requests and results and maps the engine's request and
+step-wise execution (used by `--diffusion-streaming-output`) onto one core `Session` per request.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vllm_omni.diffusion.data import DiffusionOutput, OmniDiffusionConfig
 from vllm_omni.diffusion.distributed.utils import get_local_device
 from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
 from vllm_omni.errors import OmniClientError
+from vllm.logger import init_logger
 
 from helios_backends.errors import GenerationTimeout, RequestError
 from helios_backends.loading import FolderConfigs, plan_for_folder, read_configs
@@ -28,9 +29,12 @@ from helios_backends.media_read import MAX_VIDEO_FRAMES
 from helios_backends.config import uses_cfg_by_default
 from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_parallel_config
 from helios_backends.pipeline import Helios
-from helios_backends.sampler import Generation
+from helios_backends.session import Session
 
 from .requests import to_generation_request
+
+# Under vllm_omni's logger, which vLLM-Omni hangs under vLLM's: worker logs show it.
+logger = init_logger(f"vllm_omni.{__name__}")
 
 # vLLM-Omni parallel settings the core maps onto its own parallelism -> the flag that sets each.
 CORE_PARALLEL_SETTINGS = {
@@ -189,36 +193,13 @@ def get_post_process_func(od_config: OmniDiffusionConfig):
     return post_process
 
 
-class _Run:
-    """One request in flight: the core's Generation plus what the engine adds (output type, collected output)."""
-
-    def __init__(self, helios: Helios, gen: Generation, output_type: str):
-        self.helios = helios
-        self.gen = gen
-        self.latent_output = output_type == "latent"
-        self.collected: list[torch.Tensor] = []
-        if self.latent_output and gen.prefix_latents is not None:
-            self.collected.append(gen.prefix_latents.float().cpu())
-
-    def chunk_steps(self, chunk: int) -> int:
-        return sum(self.gen.plan.chunk_steps(chunk, self.gen.scheduler.kind))
-
-    def step(self) -> None:
-        """One core step; the core's timeout_s deadline becomes the client's 408."""
-        try:
-            self.gen.step()
-        except GenerationTimeout as exc:
-            raise OmniClientError(f"Helios request: {exc}", status_code=408) from None
-
-    def finish_chunk(self) -> torch.Tensor:
-        """End the denoised chunk; its frames (B, T, H, W, 3) uint8, or its latents for output_type latent."""
-        chunk = self.gen.end_chunk()
-        if self.latent_output:
-            return chunk.latents.float().cpu()
-        return self.helios.decode(self.gen, chunk)
-
-    def video(self) -> torch.Tensor:
-        return torch.cat(self.collected, dim=2 if self.latent_output else 1)
+@contextlib.contextmanager
+def timeout_as_408():
+    """The core's timeout_s deadline becomes the client's 408."""
+    try:
+        yield
+    except GenerationTimeout as exc:
+        raise OmniClientError(f"Helios request: {exc}", status_code=408) from None
 
 
 class HeliosCorePipeline(nn.Module):
@@ -248,6 +229,7 @@ class HeliosCorePipeline(nn.Module):
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
         offload = core_offload(od_config)
+        logger.info("Helios core: offload=%s parallel=%s", offload, None if parallel is None else parallel.config)
         with default_dtype(torch.float32):
             self.helios = Helios.from_pretrained(
                 od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload
@@ -273,52 +255,64 @@ class HeliosCorePipeline(nn.Module):
             raise RuntimeError("HeliosCorePipeline loads its checkpoint itself; it takes no engine weights")
         return None
 
-    # -- request mode -----------------------------------------------------------------------------
-
-    def _start(self, prompt, sampling) -> _Run:
+    def _session(self, prompt, sampling, whole: bool) -> Session:
+        """The request's core session: frames, or latents for output_type latent; whole: it keeps
+        every chunk for one output (else each chunk is handed out on its own)."""
         try:
             request, adapter = to_generation_request(prompt, sampling)
-            gen = self.helios.start(request)
+            decode = adapter.get("output_type", "frames") != "latent"
+            keep = ("frames" if decode else "latents") if whole else None
+            return self.helios.session(request, decode=decode, keep=keep)
         except RequestError as exc:
             raise client_error(exc) from None
-        return _Run(self.helios, gen, adapter.get("output_type", "frames"))
+
+    def _close(self, session: Session) -> None:
+        """Release the request's hold on the device, and say what of the offloaded blocks stayed there."""
+        session.close()
+        logger.info("Helios core: request released; offloaded blocks on the device: %s", self.helios.resident_blocks)
+
+    @staticmethod
+    def _video(session: Session) -> torch.Tensor:
+        return session.video() if session.decode else session.latents()
+
+    # -- request mode -----------------------------------------------------------------------------
 
     def forward(self, req) -> DiffusionOutput:
         if len(req.requests) != 1:
             raise ValueError(f"Helios runs one request at a time, got a batch of {len(req.requests)}")
         request = req.requests[0]
-        run = self._start(request.prompt, request.sampling_params)
-        gen = run.gen
-        while not gen.done:
-            gen.begin_chunk()
-            while not gen.chunk_denoised:
-                check_request_cancellation()
-                run.step()
-            run.collected.append(run.finish_chunk())
-        return DiffusionOutput(output=run.video())
+        check_request_cancellation()
+        session = self._session(request.prompt, request.sampling_params, whole=True)
+        try:
+            with timeout_as_408():
+                session.run(on_step=lambda _: check_request_cancellation())
+        finally:
+            self._close(session)
+        return DiffusionOutput(output=self._video(session))
 
     # -- step mode --------------------------------------------------------------------------------
     # The engine's runner batches `state.latents` and `state.timesteps` rows across requests and
     # counts steps with `step_index` / `step_in_chunk`. The core owns the real latents and
     # schedule, so a state carries one placeholder row per video and the step indices of its
-    # current chunk (streaming) or of the whole request, which is all the runner reads.
+    # current chunk (streaming) or of the whole request, which is all the runner reads. The
+    # session is closed when its last chunk is out or a step fails; a state the engine drops
+    # (an aborted request) releases its session when it is garbage.
 
-    def _set_step_window(self, state, run: _Run) -> None:
-        steps = run.chunk_steps(run.gen.chunk) if self.streaming else run.gen.total_steps
+    def _set_step_window(self, state, session: Session, chunk: int) -> None:
+        steps = session.chunk_steps(chunk) if self.streaming else session.total_steps
         state.timesteps = torch.arange(steps)
         state.chunk_num_steps = steps if self.streaming else None
         state.step_index = 0
         state.step_in_chunk = 0
 
     def prepare_encode(self, state, **kwargs: Any):
-        run = self._start(state.prompt, state.sampling)
-        run.gen.begin_chunk()
-        state.extra["helios"] = run
-        state.total_chunks = run.gen.plan.num_chunks
+        session = self._session(state.prompt, state.sampling, whole=not self.streaming)
+        state.extra["helios"] = session
+        state.total_chunks = session.plan.num_chunks
         state.chunk_index = 0
         state.do_true_cfg = False  # the core applies CFG itself; the runner must not batch it
-        state.latents = torch.zeros(run.gen.plan.batch_size, 1)
-        self._set_step_window(state, run)
+        state.latents = torch.zeros(session.plan.batch_size, 1)
+        self._set_step_window(state, session, 0)
         return state
 
     def denoise_step(self, input_batch, *, states: Sequence | None = None, **kwargs: Any) -> None:
@@ -326,29 +320,32 @@ class HeliosCorePipeline(nn.Module):
         return None
 
     def step_scheduler(self, state, noise_pred, **kwargs: Any) -> None:
-        run: _Run = state.extra["helios"]
-        run.step()
+        session: Session = state.extra["helios"]
+        try:
+            with timeout_as_408():
+                finished = session.step()
+        except BaseException:
+            self._close(session)
+            raise
+        if finished is not None:
+            state.extra["helios_chunk"] = finished
         state.step_index += 1
         state.step_in_chunk += 1
-        gen = run.gen
-        if not self.streaming and gen.chunk_denoised and gen.chunk < gen.plan.num_chunks - 1:
-            run.collected.append(run.finish_chunk())
-            gen.begin_chunk()
 
     def post_decode(self, state, **kwargs: Any) -> DiffusionOutput:
-        run: _Run = state.extra["helios"]
-        index = run.gen.chunk
-        output = run.finish_chunk()
-        state.chunk_index = index + 1
+        session: Session = state.extra["helios"]
+        chunk = state.extra.pop("helios_chunk")
+        state.chunk_index = chunk.index + 1
+        if session.done:
+            self._close(session)
         if not self.streaming:
-            run.collected.append(output)
-            return DiffusionOutput(output=run.video())
-        if not run.gen.done:
-            run.gen.begin_chunk()
-            self._set_step_window(state, run)
+            return DiffusionOutput(output=self._video(session))
+        if not session.done:
+            self._set_step_window(state, session, chunk.index + 1)
+        output = chunk.frames if session.decode else chunk.latents.float().cpu()
         return DiffusionOutput(
             output=output,
-            chunk_index=index,
+            chunk_index=chunk.index,
             total_chunks=state.total_chunks,
-            finished=run.gen.done,
+            finished=session.done,
         )

@@ -74,6 +74,8 @@ def test_generate_with_offload_writes_the_video_of_no_offload(tiny_folders, fp32
     )
     _assert_wrote(result, tmp_path / "fox.mp4")
     assert f"Helios core: offload={mode} " in result.stdout + result.stderr  # the core really ran offloaded
+    # After the request the worker's core holds no block copy on the device: the session released them.
+    assert "Helios core: request released; offloaded blocks on the device: []" in result.stdout + result.stderr
     from helios_backends.media_read import decode_mp4
 
     request = GenerationRequest(prompt="a fox", height=HEIGHT, width=WIDTH, num_frames=33, seed=9, pyramid_steps=(1, 1, 1))

@@ -18,6 +18,11 @@ SCRIPT = Path(__file__).with_name("offline_generate.py")
 
 
 def offline(folder: Path, tmp_path: Path, engine_args: dict, requests: list[dict]) -> list[np.ndarray]:
+    return offline_with_log(folder, tmp_path, engine_args, requests)[0]
+
+
+def offline_with_log(folder: Path, tmp_path: Path, engine_args: dict, requests: list[dict]) -> tuple[list[np.ndarray], str]:
+    """The outputs of each request, and the engine's log (its workers' included)."""
     out = tmp_path / "out.npz"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(folder), str(out), json.dumps(engine_args), json.dumps(requests)],
@@ -25,7 +30,7 @@ def offline(folder: Path, tmp_path: Path, engine_args: dict, requests: list[dict
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with np.load(out) as data:
-        return [data[f"out{i}"] for i in range(len(requests))]
+        return [data[f"out{i}"] for i in range(len(requests))], proc.stdout + proc.stderr
 
 
 def core_latents(helios, **fields) -> np.ndarray:
@@ -52,6 +57,16 @@ def test_engine_offload_flags_run_the_cores_offload_with_identical_frames(tiny_f
     fields = dict(prompt="a cat", height=HEIGHT, width=WIDTH, num_frames=33, seed=4)
     sampling = {**fields, "extra_args": {"pyramid_steps": [1, 1, 1]}}
     expected = core_frames(core["distilled"], **fields, pyramid_steps=(1, 1, 1))
-    for flag in ("enable_layerwise_offload", "enable_cpu_offload"):
-        (frames,) = offline(tiny_folders["distilled"], tmp_path, {flag: True}, [dict(sampling)])
+    for flag, mode in (("enable_layerwise_offload", "layer"), ("enable_cpu_offload", "model")):
+        (frames,), log = offline_with_log(tiny_folders["distilled"], tmp_path, {flag: True}, [dict(sampling)])
         assert np.array_equal(frames[0], expected), flag
+        assert f"Helios core: offload={mode} " in log
+        # After the request the worker's core holds no block copy on the device: the session released them.
+        assert "Helios core: request released; offloaded blocks on the device: []" in log
+
+
+def test_step_mode_releases_the_offloaded_blocks_after_a_request(tiny_folders, tmp_path):
+    sampling = dict(prompt="a cat", height=HEIGHT, width=WIDTH, num_frames=33, seed=4, extra_args={"pyramid_steps": [1, 1, 1]})
+    (frames,), log = offline_with_log(tiny_folders["distilled"], tmp_path, {"enable_layerwise_offload": True, "step_execution": True}, [sampling])
+    assert frames.shape == (1, 33, HEIGHT, WIDTH, 3) and "Helios core: offload=layer " in log
+    assert "Helios core: request released; offloaded blocks on the device: []" in log
