@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENGINE_ENV = {
-    "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_plugin",
+    "SGLANG_EXTERNAL_MODEL_PACKAGE": "helios_sglang",
     "SGLANG_DIFFUSION_PLATFORM_OVERRIDE": "cpu",
     "TORCHDYNAMO_DISABLE": "1",
     "HF_HUB_OFFLINE": "1",

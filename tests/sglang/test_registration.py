@@ -39,4 +39,4 @@ def test_entry_point_registers_the_plugin_without_the_package_variable(tiny_fold
     )
     result = subprocess.run([sys.executable, "-c", script, str(tiny_folders["mid"])], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "sglang_plugin.pipeline"
+    assert result.stdout.strip().splitlines()[-1] == "helios_sglang.pipeline"

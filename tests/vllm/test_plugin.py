@@ -9,22 +9,22 @@ from vllm_omni.diffusion.model_metadata import get_diffusion_model_metadata
 from vllm_omni.diffusion.registry import DiffusionModelRegistry
 from vllm_omni.model_extras.registry import get_extra_body_params
 
-import vllm_plugin
-from vllm_plugin.pipeline import HeliosCorePipeline
-from vllm_plugin.requests import HELIOS_EXTRA_PARAMS
+import helios_vllm
+from helios_vllm.pipeline import HeliosCorePipeline
+from helios_vllm.requests import HELIOS_EXTRA_PARAMS
 
 
 def test_entry_points_name_the_plugin_and_the_cpu_platform():
     general = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
     platforms = {ep.name: ep.value for ep in entry_points(group="vllm_omni.platform_plugins")}
-    assert general["helios_backends"] == "vllm_plugin:register"
-    assert platforms["helios_backends_cpu"] == "vllm_plugin.platform:activate"
+    assert general["helios_backends"] == "helios_vllm:register"
+    assert platforms["helios_backends_cpu"] == "helios_vllm.platform:activate"
 
 
-@pytest.mark.parametrize("arch", vllm_plugin.ARCHITECTURES)
+@pytest.mark.parametrize("arch", helios_vllm.ARCHITECTURES)
 def test_registering_twice_serves_both_archs_with_our_pipeline_as_video(arch):
-    vllm_plugin.register()
-    vllm_plugin.register()
+    helios_vllm.register()
+    helios_vllm.register()
     assert DiffusionModelRegistry._try_load_model_cls(arch) is HeliosCorePipeline
     assert get_diffusion_model_metadata(arch).final_output_type == "video"
     assert get_extra_body_params(arch) == HELIOS_EXTRA_PARAMS
@@ -36,6 +36,6 @@ def test_registering_twice_serves_both_archs_with_our_pipeline_as_video(arch):
 def test_cpu_platform_activates_only_on_vllms_cpu_platform():
     from vllm.platforms import current_platform
 
-    from vllm_plugin.platform import QUALNAME, activate
+    from helios_vllm.platform import QUALNAME, activate
 
     assert activate() == (QUALNAME if current_platform.is_cpu() else None)

@@ -16,7 +16,7 @@ from helios_backends.video import Mp4Writer, decode_mp4
 
 from .conftest import FAST, HEIGHT, WIDTH, core_frames, png_bytes, start_server
 
-MIDDLEWARE = ("--middleware", "vllm_plugin.http.HeliosRequestCheck")
+MIDDLEWARE = ("--middleware", "helios_vllm.http.HeliosRequestCheck")
 
 
 @pytest.fixture(scope="module")
