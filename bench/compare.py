@@ -52,10 +52,9 @@ from statistics import median
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # `python bench/compare.py`: the repository root, for helios_harness
 
-from launch import Http, Launched, free_port, wait_ready  # noqa: E402
+from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 
 BACKENDS = ("core", "diffusers", "sglang-plugin", "vllm-plugin", "vllm-plugin-stream", "sglang-native", "vllm-native")
 ENV_OF = {"core": "core", "diffusers": "core", "sglang-plugin": "sglang", "sglang-native": "sglang",

@@ -14,6 +14,7 @@ from .errors import CheckpointError
 from .offload import OFFLOAD_MODES, LayerOffload
 from .ops import default_ops
 from .parallel import ParallelGroups, SequenceParallelOps
+from .probes import NO_PROBE, Probe, ProbedDenoiser
 from .request import GenerationRequest, Plan, plan
 from .sampler import Chunk, Generation, rand, randn
 from .text import TextEncoder
@@ -40,6 +41,7 @@ class Helios:
         vae: WanVAE | None,
         parallel: ParallelGroups | None = None,
         cuda_graphs: bool = False,
+        probe: Probe = NO_PROBE,
     ):
         self.parallel = parallel
         self.offload = "none"
@@ -51,6 +53,9 @@ class Helios:
             from .graphs import GraphedTransformer
 
             self.denoiser = GraphedTransformer(transformer)
+        self.probe = probe  # helios_backends.probes: sections a caller observes (the benchmarks' timers)
+        if probe is not NO_PROBE:
+            self.denoiser = ProbedDenoiser(self.denoiser, probe)
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.text_encoder = text_encoder
@@ -69,12 +74,15 @@ class Helios:
         offload: str = "none",
         offload_slots: int = 2,
         vae_frames_per_call: int | None = 1,
+        probe: Probe = NO_PROBE,
     ) -> "Helios":
         """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32).
 
         parallel: this rank's process groups (an engine's, or ParallelGroups.from_world); with a
         sequence-parallel group the transformer's ops shard tokens and make attention global.
         cuda_graphs: on CUDA, replay the transformer from captured graphs.
+        probe: entered around each prompt encoding, transformer call and chunk decode
+        (helios_backends.probes; the benchmarks time these sections through it).
         offload: "model" keeps the text encoder off the device between prompts; "layer" also
         streams the transformer blocks from host memory through `offload_slots` device copies.
         vae_frames_per_call: latent frames per pass of the VAE decoder's upsampled layers.
@@ -109,7 +117,7 @@ class Helios:
         text_device = torch.device("cpu") if offload != "none" else device
         text_encoder = TextEncoder.load(folder, dtype, text_device)
         vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
-        helios = cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs and layers is None)
+        helios = cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs and layers is None, probe)
         helios.offload = offload
         helios.layers = layers
         return helios
@@ -138,11 +146,13 @@ class Helios:
         if self.text_encoder is None:
             raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
         if self.offload == "none":
-            return self.text_encoder.encode(prompts, max_length)
+            with self.probe.section("text", prompts):
+                return self.text_encoder.encode(prompts, max_length)
         home = self.text_encoder.device
         self.text_encoder.encoder.to(self.device)
         try:
-            return self.text_encoder.encode(prompts, max_length)
+            with self.probe.section("text", prompts):
+                return self.text_encoder.encode(prompts, max_length)
         finally:
             self.text_encoder.encoder.to(home)
 
@@ -238,7 +248,9 @@ class Helios:
         compete for the SMs, and a later first chunk.
         """
         keep = generation.frames_to_keep(chunk.index)
-        frames = to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep])
+        with self.probe.section("vae", chunk.latents):
+            video = self.vae.decode(chunk.latents)
+        frames = to_uint8_frames(video[:, :, :keep])
         if self.device.type != "cuda":
             return PendingFrames(frames.cpu(), None)
         host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bench.launch import Http, Launched, free_port, wait_ready  # noqa: E402
+from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
 from helios_backends.video import decode_mp4  # noqa: E402

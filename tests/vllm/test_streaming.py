@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from bench.compare_worker import realtime_session
+from helios_harness.realtime import realtime_session
 from helios_backends.video import decode_mp4
 
 from .conftest import FAST, HEIGHT, WIDTH, start_server
