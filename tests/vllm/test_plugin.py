@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -39,3 +41,18 @@ def test_cpu_platform_activates_only_on_vllms_cpu_platform():
     from helios_vllm.platform import QUALNAME, activate
 
     assert activate() == (QUALNAME if current_platform.is_cpu() else None)
+
+
+def test_the_pre_0_2_middleware_name_is_the_same_class_with_a_warning(tmp_path):
+    """`--middleware vllm_plugin.http.HeliosRequestCheck` (the name before helios_vllm), imported as
+    vLLM does (import_module + getattr), from a directory outside the checkout: the installed alias
+    gives the one class."""
+    script = (
+        "import importlib\n"
+        "import helios_vllm.http\n"
+        "print(getattr(importlib.import_module('vllm_plugin.http'), 'HeliosRequestCheck') is helios_vllm.http.HeliosRequestCheck)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
+    assert "FutureWarning: the package 'vllm_plugin' is now named 'helios_vllm'" in done.stderr
