@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,6 +38,8 @@ from helios_backends.text import TextEncoder  # noqa: E402
 from helios_backends.tiny import COMMON_SCHEDULER, SCHEDULERS, TINY_TEXT, TINY_TRANSFORMER, TINY_VAE, build_tokenizer  # noqa: E402
 from helios_backends.transformer import FP32_MODULES, HeliosTransformer  # noqa: E402
 from helios_backends.vae import WanVAE  # noqa: E402
+
+from bench.timing import PeakMeter, RunProbe, Timer, sync  # noqa: E402
 
 
 @dataclass
@@ -65,92 +67,6 @@ RUNS = {
     "mid": Run("Mid [5,5,5], CFG-Zero* 5.0", "mid", 99, (5, 5, 5), 5.0),
     "base": Run("Base 10 steps, CFG 5.0", "base", 99, (10,), 5.0),
 }
-
-
-@dataclass
-class Timer:
-    """Time spent in calls. With sync (diffusers' synchronous pipeline) each call is bracketed by a
-    device synchronisation; without, by CUDA events on the calling stream, so the measurement does
-    not stop our host from queueing work ahead of the GPU."""
-
-    device: torch.device
-    sync: bool = True
-    total: float = 0.0
-    calls: int = 0
-    first_end: float | None = None
-    events: list = field(default_factory=list)
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def wrap(self, fn):
-        def timed(*args, **kwargs):
-            self.calls += 1
-            if self.sync or self.device.type != "cuda":
-                self._sync()
-                t = time.perf_counter()
-                out = fn(*args, **kwargs)
-                self._sync()
-                now = time.perf_counter()
-                self.total += now - t
-                if self.first_end is None:
-                    self.first_end = now
-                return out
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn(*args, **kwargs)
-            end.record()
-            self.events.append((start, end))
-            return out
-
-        return timed
-
-    @property
-    def seconds(self) -> float:
-        self._sync()
-        return self.total + sum(a.elapsed_time(b) for a, b in self.events) / 1000
-
-
-class PeakMeter:
-    """Peak GPU memory over a run, and peak allocated within each wrapped kind of call. The caching
-    allocator counts in host order, so no synchronisation is needed: before each call the peaks so
-    far are kept and the counters reset, after it the call's own peak is read."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.allocated = self.reserved = 0
-        self.within: dict[str, int] = {}
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-
-    def _keep(self) -> int:
-        peak = torch.cuda.max_memory_allocated()
-        self.allocated = max(self.allocated, peak)
-        self.reserved = max(self.reserved, torch.cuda.max_memory_reserved())
-        return peak
-
-    def wrap(self, name: str, fn):
-        if not self.cuda:
-            return fn
-
-        def measured(*args, **kwargs):
-            self._keep()
-            torch.cuda.reset_peak_memory_stats()
-            out = fn(*args, **kwargs)
-            self.within[name] = max(self.within.get(name, 0), self._keep())
-            return out
-
-        return measured
-
-    def gib(self, name: str | None = None, reserved: bool = False) -> float:
-        """The run's peak allocated (or reserved) so far, or the peak allocated within `name`'s calls."""
-        if not self.cuda:
-            return float("nan")
-        if name is not None:
-            return self.within.get(name, 0) / 2**30
-        self._keep()
-        return (self.reserved if reserved else self.allocated) / 2**30
 
 
 def random_weights(model: torch.nn.Module, device, dtype) -> None:
@@ -242,6 +158,7 @@ class Bench:
         self.theirs = {}
         self.compiled = False
         self.vae_frames_per_call = args.vae_frames_per_call
+        self.probe = RunProbe()  # every Helios here reports its sections to it
 
     def _text_encoder(self, config: str) -> TextEncoder:
         """A random UMT5 encoder shared by both sides: UMT5-XXL for the 14B config."""
@@ -262,7 +179,7 @@ class Bench:
             vae = WanVAE(self.our_vae, frames_per_call=self.vae_frames_per_call or None)
             transformer = self.fast if fast else self.slow
             self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), self.text, vae,
-                                    cuda_graphs=fast and self.cuda)
+                                    cuda_graphs=fast and self.cuda, probe=self.probe)
         return self.ours[key]
 
     def their_pipeline(self, variant: str):
@@ -291,9 +208,6 @@ class Bench:
         """write_mp4: stream the chunks into an H.264 mp4 as a user's run does (else hand the frames
         out only, as diffusers' output_type="np" does)."""
         helios = self.our_pipeline(run.variant, fast)
-        t_text, t_model, t_vae = (Timer(self.device, sync=False) for _ in range(3))
-        denoiser, decode = helios.denoiser, helios.vae._decode
-        self.text.encode = t_text.wrap(self.text.encode)
         writer = None
         if write_mp4:
             from helios_backends.media_write import Mp4Writer
@@ -302,14 +216,11 @@ class Bench:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # reserved = this run's (our graphs' pool stays: it is in use)
-        meter = PeakMeter(self.cuda)
-        helios.vae._decode = meter.wrap("vae", t_vae.wrap(decode))
+        timers, meter = self.probe.start(self.device)
         latents, first, first_frames, out_frames = [], None, None, 0
         try:
             start = time.perf_counter()
-            gen = helios.start(self.request(run, frames))
-            gen.transformer = _TimedDenoiser(denoiser, meter.wrap("transformer", t_model.wrap(denoiser)))
-            for out in helios.stream(gen):
+            for out in helios.stream(self.request(run, frames)):
                 latents.append(out.latents)
                 out_frames += out.frames.shape[1]
                 if first is None:
@@ -322,12 +233,12 @@ class Bench:
                 writer = None
             wall = time.perf_counter() - start
         finally:
-            helios.vae._decode = decode
-            del self.text.encode
+            self.probe.stop()
             if writer is not None:
                 writer.close(discard=True)
         impl = "ours" if write_mp4 else "ours (no mp4)"
-        row = self._row(impl, run, wall, out_frames, t_text, t_model, t_vae, meter, first, torch.cat(latents, 2).float().cpu())
+        row = self._row(impl, run, wall, out_frames, timers["text"], timers["transformer"], timers["vae"], meter, first,
+                        torch.cat(latents, 2).float().cpu())
         row["first_frames"] = first_frames
         return row
 
@@ -346,13 +257,13 @@ class Bench:
         pipe.transformer.forward = meter.wrap("transformer", t_model.wrap(forward))
         pipe.vae.decode = meter.wrap("vae", t_vae.wrap(decode))
         try:
-            t_model._sync()
+            sync(self.device)
             start = time.perf_counter()
             with torch.no_grad():
                 out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=MAX_TOKENS, height=run.height, width=run.width,
                            num_frames=frames or run.frames, guidance_scale=run.guidance,
                            generator=torch.Generator(device=self.device).manual_seed(0), output_type="np", **kw).frames
-            t_model._sync()
+            sync(self.device)
             wall = time.perf_counter() - start
         finally:
             del pipe.text_encoder.forward
@@ -367,20 +278,6 @@ class Bench:
                     transformer_calls=t_model.calls, vae=t_vae.seconds, vae_calls=t_vae.calls, first_chunk=first,
                     peak_gib=meter.gib(), peak_transformer_gib=meter.gib("transformer"), peak_vae_gib=meter.gib("vae"),
                     peak_reserved_gib=meter.gib(reserved=True), latents=latents)
-
-
-class _TimedDenoiser:
-    """The sampler's denoiser with each call through `call` (timed; delegates everything else)."""
-
-    def __init__(self, denoiser, call):
-        self.denoiser = denoiser
-        self.call = call
-
-    def __call__(self, *args):
-        return self.call(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.denoiser, name)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

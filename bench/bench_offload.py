@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gpu import diffusers_scheduler, pipeline_config, random_weights, scheduler_config, share_weights  # noqa: E402
+from bench.bench_gpu import diffusers_scheduler, pipeline_config, random_weights, scheduler_config, share_weights  # noqa: E402
 
 from helios_backends.config import TransformerConfig  # noqa: E402
 from helios_backends.offload import LayerOffload  # noqa: E402

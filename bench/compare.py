@@ -10,7 +10,7 @@ Backends (each a fresh process, one at a time, killed when done):
                  start-up counts interpreter, imports and weights like a server's, and its memory
                  is its own rather than shared with this script's
   diffusers      diffusers' HeliosPipeline / HeliosPyramidPipeline, likewise in the core env
-  sglang-plugin  `sglang serve` with SGLANG_EXTERNAL_MODEL_PACKAGE=sglang_plugin (sglang env)
+  sglang-plugin  `sglang serve` with SGLANG_EXTERNAL_MODEL_PACKAGE=helios_sglang (sglang env)
   vllm-plugin    `vllm serve DIR --omni` with our vllm.general_plugins entry point (vllm env)
   vllm-plugin-stream  the same with --diffusion-streaming-output, over ws://.../v1/realtime/video:
                  each chunk is sent as soon as the core has decoded it, so its first chunk is timed
@@ -52,17 +52,16 @@ from statistics import median
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # `python bench/compare.py`: the repository root, for helios_harness
 
-from launch import Http, Launched, free_port, wait_ready  # noqa: E402
+from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 
 BACKENDS = ("core", "diffusers", "sglang-plugin", "vllm-plugin", "vllm-plugin-stream", "sglang-native", "vllm-native")
 ENV_OF = {"core": "core", "diffusers": "core", "sglang-plugin": "sglang", "sglang-native": "sglang",
           "vllm-plugin": "vllm", "vllm-plugin-stream": "vllm", "vllm-native": "vllm"}
 # Our own entry points in the engines' plugin groups (pyproject.toml), by the module they name.
-OUR_VLLM_MODEL_PLUGIN = "vllm_plugin:register"
-OUR_SGLANG_PLUGIN_MODULE = "sglang_plugin"
+OUR_VLLM_MODEL_PLUGIN = "helios_vllm:register"
+OUR_SGLANG_PLUGIN_MODULE = "helios_sglang"
 HUB_NAMES = {"base": "Helios-Base", "mid": "Helios-Mid", "distilled": "Helios-Distilled"}
 POLL_S = 0.05
 FPS_OUT = 24
@@ -382,7 +381,7 @@ class Bench:
                               is_amplify_first_chunk=self.request["is_amplify_first_chunk"], zero_steps=self.request["zero_steps"])
             command += ["--backend", "sglang", "--model-id", HUB_NAMES[self.facts["variant"]]]
         else:
-            environ["SGLANG_EXTERNAL_MODEL_PACKAGE"] = "sglang_plugin"
+            environ["SGLANG_EXTERNAL_MODEL_PACKAGE"] = OUR_SGLANG_PLUGIN_MODULE
         (out / "pipeline_config.json").write_text(json.dumps(config))
         command += ["--pipeline-config-path", str(out / "pipeline_config.json")]
         return command, environ

@@ -31,12 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench.timing import sync  # noqa: E402
+from helios_harness.realtime import realtime_session  # noqa: E402
 
 
 def _inputs(spec: dict) -> dict:
@@ -128,7 +124,7 @@ def run_diffusers(spec: dict, out: Path, result: dict) -> None:
 
     def timed_decode(*args, **kwargs):
         value = decode(*args, **kwargs)
-        _sync(device)
+        sync(device)
         decoded.append(time.time())
         return value
 
@@ -143,7 +139,7 @@ def run_diffusers(spec: dict, out: Path, result: dict) -> None:
     pipe.vae.decode = timed_decode
     for _ in range(spec["repeats"]):
         decoded.clear()
-        _sync(device)
+        sync(device)
         run = {"start": time.time(), "first_chunk": None}
         video = call()[0]
         frames = np.round(np.clip(video, 0, 1) * 255).astype(np.uint8)  # as the core's to_uint8_frames rounds
@@ -231,29 +227,6 @@ def cmd_run(backend: str, spec_path: str, out_dir: str) -> int:
         code = 1
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return code
-
-
-async def realtime_session(url: str, start: dict, timeout: float = 600) -> tuple[list[tuple[float, dict]], bytes, tuple[float, dict]]:
-    """One session on vLLM-Omni's realtime video websocket; tests/vllm/test_streaming.py uses it too.
-
-    Returns (arrival time.time(), metadata) per media chunk, the concatenated fMP4 bytes, and
-    (arrival, message) of the session.done or error that ends it. `timeout` bounds each wait for a message.
-    """
-    import websockets  # the vllm env's; the core env that runs the other commands has none
-
-    chunks, data = [], b""
-    async with websockets.connect(url, max_size=None, open_timeout=60) as ws:
-        await ws.send(json.dumps({"type": "session.start", **start}))
-        while True:
-            message = await asyncio.wait_for(ws.recv(), timeout=timeout)
-            if isinstance(message, bytes):
-                data += message
-                continue
-            event = json.loads(message)
-            if event.get("type") == "video.chunk_metadata" and event.get("kind") == "media":
-                chunks.append((time.time(), event))
-            if event.get("type") in ("session.done", "error"):
-                return chunks, data, (time.time(), event)
 
 
 def cmd_stream(url: str, start_path: str, sessions: str, out_path: str) -> int:

@@ -18,17 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def cuda_time(fn, reps=10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps / 1000
+from bench.timing import cuda_time, wall_time  # noqa: E402
 
 
 def attention_backends():
@@ -42,19 +32,6 @@ def attention_backends():
                 print(f"attention L={tokens} {name}: {t * 1e3:.2f} ms, {flops / t / 1e12:.0f} TFLOP/s", flush=True)
             except RuntimeError as exc:
                 print(f"attention L={tokens} {name}: unavailable ({str(exc).splitlines()[0][:80]})", flush=True)
-
-
-def wall_time(fn, device: torch.device, reps: int) -> float:
-    """Seconds per call after one warm-up call (cuDNN autotuning), synchronised on CUDA."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps
 
 
 def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=torch.bfloat16, reps=3) -> dict[str, float]:

@@ -1,10 +1,15 @@
 """Does cuDNN attention take our (B, L, H, D)-transposed q/k/v, and how fast is it there?"""
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from probe_gpu import cuda_time
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.timing import cuda_time  # noqa: E402
 
 L = 11040
 q, k, v = (torch.randn(1, L, 40, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))

@@ -21,17 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_gpu import RUNS, Bench  # noqa: E402
-from probe_gpu import wall_time  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from bench.bench_gpu import RUNS, Bench  # noqa: E402
+from bench.timing import sync, wall_time  # noqa: E402
 
 
 class Recorder:
-    """Stands in for a callable (delegating attributes) and keeps its first call of each input shape."""
+    """Stands in for diffusers' transformer.forward (delegating attributes) and keeps its first call of
+    each input shape (ours reports its calls through the bench's probe instead)."""
 
     def __init__(self, fn, key_of):
         self.fn, self.key_of, self.calls = fn, key_of, {}
@@ -117,10 +113,10 @@ def main():
 
     ours = bench.our_pipeline("distilled")
     denoiser = ours.denoiser
-    ours.denoiser = recorder = Recorder(denoiser, lambda a, kw: tuple(a[0].shape))
+    bench.probe.calls = our_calls = {}
     with torch.no_grad():
         bench.run_ours(run, frames=33, write_mp4=False)
-    ours.denoiser, our_calls = denoiser, recorder.calls
+    bench.probe.calls = None
 
     pipe = bench.their_pipeline("distilled")
     recorder = Recorder(pipe.transformer.forward, lambda a, kw: tuple(kw["hidden_states"].shape))
@@ -132,7 +128,7 @@ def main():
     lines.append("\nper-call seconds by stage (latents shape), idle GPU, mean of reps:")
     with torch.no_grad():
         for shape in stages:
-            a, _ = our_calls[shape]
+            a = our_calls[shape]
             graphed = wall_time(lambda: denoiser(*a), device, args.reps)
             eager = wall_time(lambda: bench.fast(*a), device, args.reps)
             ta, tkw = their_calls[shape]
@@ -150,7 +146,7 @@ def main():
             lines.append(f"  {shape}, random-normal text states: ours graphed {graphed_noise:.4f}, diffusers compiled {theirs_noise:.4f}")
             print(lines[-1], flush=True)
         full = stages[-1]
-        a, _ = our_calls[full]
+        a = our_calls[full]
         lines.append(f"\nours eager, stage {full}, kernels by device time:")
         lines += kernel_table(lambda: bench.fast(*a), device, args.top)
         ta, tkw = their_calls[full]

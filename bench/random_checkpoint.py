@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gpu import random_weights  # noqa: E402
+from bench.bench_gpu import random_weights  # noqa: E402
 
 from helios_backends.config import TransformerConfig  # noqa: E402
 from helios_backends.tiny import TINY_TEXT, build_tokenizer, model_index, save_transformer, scheduler_config  # noqa: E402

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from .config import PipelineConfig, SchedulerConfig, TransformerConfig
+from .backends import device_backend
 from .errors import CheckpointError
 from .ops import default_ops
 from .request import GenerationRequest, Plan, plan
@@ -43,10 +44,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch device that exists on this machine, or a clear error."""
-    if str(device).split(":")[0] == "npu":
-        from npu.device import npu_device
-
-        return npu_device(str(device))
+    kind = str(device).split(":")[0]
+    backend = device_backend(kind) if kind not in ("cpu", "cuda") else None
+    if backend is not None and backend.device is not None:
+        return backend.device(str(device))
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .backends import device_backend
+
 
 def _rows(t: torch.Tensor, split: int, length: int):
     """Yield (token slice, row) pairs for a (B, R, D) modulation tensor."""
@@ -94,16 +96,9 @@ class TorchOps:
         return out.to(x.dtype)
 
 
-def default_ops(device: torch.device | str):
-    """The ops a device gets when the caller names none: fused Triton kernels on CUDA,
-    torch_npu's kernels on an Ascend NPU, the torch reference elsewhere."""
-    kind = torch.device(device).type
-    if kind == "npu":
-        from npu.ops import NpuOps
-
-        return NpuOps()
-    if kind == "cuda":
-        from helios_triton_kernels.ops import TritonOps
-
-        return TritonOps()
-    return TorchOps()
+def default_ops(device: torch.device | str) -> TorchOps:
+    """The ops a device gets when the caller names none: its installed backend's (fused Triton
+    kernels on CUDA, torch_npu's kernels on an Ascend NPU: helios_backends.backends), else the
+    torch reference."""
+    backend = device_backend(torch.device(device).type)
+    return TorchOps() if backend is None else backend.ops()

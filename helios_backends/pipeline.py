@@ -13,6 +13,7 @@ from .errors import CheckpointError
 from .offload import OFFLOAD_MODES, LayerOffload
 from .ops import default_ops
 from .parallel import ParallelGroups, SequenceParallelOps
+from .probes import NO_PROBE, Probe, ProbedDenoiser
 from .request import GenerationRequest, Plan, plan
 from .sampler import Chunk, Generation, rand, randn
 from .session import ChunkOutput, Keep, PendingFrames, Session
@@ -33,6 +34,7 @@ class Helios:
         cuda_graphs: bool = False,
         offload: str = "none",
         layers: LayerOffload | None = None,
+        probe: Probe = NO_PROBE,
     ):
         """offload: the mode of from_pretrained; `layers` streams the transformer's blocks (offload
         "layer" only). Graphs are not captured over streamed blocks."""
@@ -50,6 +52,9 @@ class Helios:
             from .graphs import GraphedTransformer
 
             self.denoiser = GraphedTransformer(transformer)
+        self.probe = probe  # helios_backends.probes: sections a caller observes (the benchmarks' timers)
+        if probe is not NO_PROBE:
+            self.denoiser = ProbedDenoiser(self.denoiser, probe)
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.text_encoder = text_encoder
@@ -68,12 +73,15 @@ class Helios:
         offload: str = "none",
         offload_slots: int = 2,
         vae_frames_per_call: int | None = 1,
+        probe: Probe = NO_PROBE,
     ) -> "Helios":
         """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32).
 
         parallel: this rank's process groups (an engine's, or ParallelGroups.from_world); with a
         sequence-parallel group the transformer's ops shard tokens and make attention global.
         cuda_graphs: on CUDA, replay the transformer from captured graphs.
+        probe: entered around each prompt encoding, transformer call and chunk decode
+        (helios_backends.probes; the benchmarks time these sections through it).
         offload: "model" keeps the text encoder off the device between prompts; "layer" also
         streams the transformer blocks from host memory through `offload_slots` device copies.
         vae_frames_per_call: latent frames per pass of the VAE decoder's upsampled layers.
@@ -108,7 +116,7 @@ class Helios:
         text_device = torch.device("cpu") if offload != "none" else device
         text_encoder = TextEncoder.load(folder, dtype, text_device)
         vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
-        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers)
+        return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers, probe)
 
     @property
     def device(self) -> torch.device:
@@ -135,11 +143,13 @@ class Helios:
         if self.text_encoder is None:
             raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
         if self.offload == "none":
-            return self.text_encoder.encode(prompts, max_length)
+            with self.probe.section("text", prompts):
+                return self.text_encoder.encode(prompts, max_length)
         home = self.text_encoder.device
         self.text_encoder.encoder.to(self.device)
         try:
-            return self.text_encoder.encode(prompts, max_length)
+            with self.probe.section("text", prompts):
+                return self.text_encoder.encode(prompts, max_length)
         finally:
             self.text_encoder.encoder.to(home)
 
@@ -258,7 +268,9 @@ class Helios:
         compete for the SMs, and a later first chunk.
         """
         keep = generation.frames_to_keep(chunk.index)
-        frames = to_uint8_frames(self.vae.decode(chunk.latents)[:, :, :keep])
+        with self.probe.section("vae", chunk.latents):
+            video = self.vae.decode(chunk.latents)
+        frames = to_uint8_frames(video[:, :, :keep])
         if self.device.type != "cuda":
             return PendingFrames(frames.cpu(), None)
         host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)

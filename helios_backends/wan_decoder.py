@@ -42,6 +42,8 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import (
     WanUpBlock,
 )
 
+from .backends import DecoderKernels, device_backend
+
 
 class DecoderCache:
     """The decoder's causal state after the frames decoded so far: per causal conv, its last
@@ -143,9 +145,10 @@ class WanChunkDecoder:
         self.model = model
         self.channels_last = channels_last
         self.frames_per_pass = frames_per_pass
-        # Norms and residual adds on the fused Triton kernels: on CUDA (the CPU tests set it under
-        # TRITON_INTERPRET=1); elsewhere torch.
-        self.fused = model.device.type == "cuda"
+        # Norms and residual adds on the device backend's fused kernels (helios_triton_kernels on
+        # CUDA; the CPU tests set them under TRITON_INTERPRET=1); elsewhere torch.
+        backend = device_backend(model.device.type)
+        self.kernels: DecoderKernels | None = None if backend is None else backend.decoder
         blocks = model.decoder.up_blocks
         temporal = [i for i, b in enumerate(blocks) if b.upsamplers is not None and b.upsamplers[0].mode == "upsample3d"]
         self.split = temporal[0] if temporal else -1  # the up block whose time upsampling ends the head
@@ -218,20 +221,16 @@ class WanChunkDecoder:
         """act(norm(x + pre_bias)) into `out` (else a new tensor); pre_bias: the producing conv's
         bias (per channel)."""
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)
-        if self.fused and isinstance(act, torch.nn.SiLU) and norm.channel_first and dense:
-            from helios_triton_kernels.ops import channel_rmsnorm_silu
-
+        if self.kernels is not None and isinstance(act, torch.nn.SiLU) and norm.channel_first and dense:
             bias = norm.bias if isinstance(norm.bias, torch.Tensor) else None
-            return channel_rmsnorm_silu(x, norm.gamma, bias, norm.scale, pre_bias=pre_bias, out=out)
+            return self.kernels.channel_rmsnorm_silu(x, norm.gamma, bias, norm.scale, pre_bias=pre_bias, out=out)
         y = act(norm(x if pre_bias is None else x + pre_bias.view(1, -1, 1, 1, 1)))
         return y if out is None else out.copy_(y)
 
     def _bias_residual(self, x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """x += bias + residual in place (x: a conv's fresh output made without its bias)."""
-        if self.fused:
-            from helios_triton_kernels.ops import bias_residual_
-
-            return bias_residual_(x, bias, residual)
+        if self.kernels is not None:
+            return self.kernels.bias_residual_(x, bias, residual)
         return x.add_(residual).add_(bias.view(1, -1, 1, 1, 1))
 
     def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:

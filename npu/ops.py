@@ -10,7 +10,7 @@ here is checked against the schemas that release registers by tests/test_npu_sch
       repeated per element of each pair, that is exactly Helios' pair rotation
       (out[2i] = x[2i]cos_i - x[2i+1]sin_i, out[2i+1] = x[2i]sin_i + x[2i+1]cos_i); 'half'
       (rotate_half) is not. For a BSND input, interleave mode takes r1/r2 only as (1, S, 1, D),
-      requires B * N < 1000, and exists only with jit_compile off (set in npu.device.configure).
+      requires B * N < 1000, and exists only with jit_compile off (set in helios_npu.device.configure).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.launch import free_port
+from helios_harness.launch import free_port
 from helios_backends.cli import main
 from helios_backends.media_read import decode_mp4
 from helios_backends.media_write import Mp4Writer

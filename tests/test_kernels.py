@@ -144,6 +144,8 @@ def test_residual_add_with_the_convs_bias_in_one_pass(layout):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_vae_chunk_decoder_on_the_fused_kernels_equals_diffusers_frame_by_frame(channels_last):
+    from helios_triton_kernels import ops as triton_ops
+
     from .test_vae import CHUNK, assert_close, diffusers_decode, latents, tiny_vae
 
     vae = tiny_vae()
@@ -152,7 +154,7 @@ def test_vae_chunk_decoder_on_the_fused_kernels_equals_diffusers_frame_by_frame(
     if channels_last:
         to_channels_last(vae)
     decoder, cache = WanChunkDecoder(vae, channels_last=channels_last, frames_per_pass=1), DecoderCache()
-    decoder.fused = True  # what CUDA runs; here under the Triton interpreter
+    decoder.kernels = triton_ops  # what the CUDA backend supplies; here under the Triton interpreter
     assert_close(torch.cat([decoder(z[:, :, :CHUNK], cache), decoder(z[:, :, CHUNK:], cache)], 2), want)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import npu.device
+import helios_npu.device
 from helios_backends.cli import main
 from helios_backends.errors import CheckpointError
 from helios_backends.loading import resolve_device
@@ -26,7 +26,7 @@ from helios_backends.ops import TorchOps, default_ops
 from helios_backends.pipeline import Helios
 from helios_backends.request import GenerationRequest
 from helios_backends.tiny import make_tiny
-from npu.ops import NpuOps
+from helios_npu.ops import NpuOps
 
 from . import npu_standin
 from .conftest import relative_error
@@ -40,7 +40,7 @@ def standin(monkeypatch):
     """The stand-in as `import torch_npu`, with the once-per-process settings not yet applied."""
     module = npu_standin.build(device_count=1)
     monkeypatch.setitem(sys.modules, "torch_npu", module)
-    monkeypatch.setattr(npu.device, "_configured", False)
+    monkeypatch.setattr(helios_npu.device, "_configured", False)
     return module
 
 
@@ -265,25 +265,25 @@ def _one_line_error(fn, *args) -> str:
 
 
 def test_without_torch_npu_cpu_works_and_npu_fails_in_one_line(no_torch_npu):
-    assert npu.device.import_torch_npu() is None
+    assert helios_npu.device.import_torch_npu() is None
     assert isinstance(default_ops("cpu"), TorchOps) and not isinstance(default_ops("cpu"), NpuOps)
     assert resolve_device("cpu") == torch.device("cpu")
     for name in ("npu", "npu:1"):
         assert _one_line_error(resolve_device, name) == f"device {name!r}: {MISSING_LINE}"
     assert _one_line_error(NpuOps) == f"NpuOps: {MISSING_LINE}"
-    assert not npu.device.is_ascend_platform()
-    assert npu.device.ascend_ops() is None
-    assert _one_line_error(npu.device.ascend_ops, "npu:0") == f"device 'npu:0': {MISSING_LINE}"
+    assert not helios_npu.device.is_ascend_platform()
+    assert helios_npu.device.ascend_ops() is None
+    assert _one_line_error(helios_npu.device.ascend_ops, "npu:0") == f"device 'npu:0': {MISSING_LINE}"
 
 
 def test_a_torch_npu_that_fails_to_load_counts_as_absent(broken_torch_npu):
     import importlib.util
 
     assert importlib.util.find_spec("torch_npu") is not None  # found, yet unusable
-    assert npu.device.import_torch_npu() is None
+    assert helios_npu.device.import_torch_npu() is None
     assert _one_line_error(resolve_device, "npu:0") == f"device 'npu:0': {MISSING_LINE}"
-    assert not npu.device.is_ascend_platform()
-    assert npu.device.ascend_ops() is None and npu.device.ascend_ops("cuda:0") is None
+    assert not helios_npu.device.is_ascend_platform()
+    assert helios_npu.device.ascend_ops() is None and helios_npu.device.ascend_ops("cuda:0") is None
 
 
 def test_cli_device_npu_without_a_usable_torch_npu_is_one_line(broken_torch_npu, tiny_folders, capsys):
@@ -293,19 +293,19 @@ def test_cli_device_npu_without_a_usable_torch_npu_is_one_line(broken_torch_npu,
 
 
 def test_engines_on_ascend_get_npu_ops_and_the_settings_once(standin):
-    ops = npu.device.ascend_ops()
+    ops = helios_npu.device.ascend_ops()
     assert isinstance(ops, NpuOps)
-    assert isinstance(npu.device.ascend_ops("npu:0"), NpuOps)
-    assert npu.device.ascend_ops(torch.device("cpu")) is None
-    assert npu.device.ascend_ops("cuda:1") is None
+    assert isinstance(helios_npu.device.ascend_ops("npu:0"), NpuOps)
+    assert helios_npu.device.ascend_ops(torch.device("cpu")) is None
+    assert helios_npu.device.ascend_ops("cuda:1") is None
     assert standin.npu.config.sets == [("allow_internal_format", False)]
     assert standin.npu.compile_modes == [False]
 
 
 def test_engines_without_a_visible_npu_keep_their_own_ops(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", npu_standin.build(device_count=0))
-    assert not npu.device.is_ascend_platform()
-    assert npu.device.ascend_ops() is None
+    assert not helios_npu.device.is_ascend_platform()
+    assert helios_npu.device.ascend_ops() is None
 
 
 DEVICE_SCRIPT = """

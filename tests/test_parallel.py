@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.launch import free_port
+from helios_harness.launch import free_port
 from helios_backends.config import TransformerConfig
 from helios_backends.errors import RequestError
 from helios_backends.parallel import ParallelConfig, ParallelGroups

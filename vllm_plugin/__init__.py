@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 ARCHITECTURES = ("HeliosPipeline", "HeliosPyramidPipeline")
-PIPELINE_MODULE = "vllm_plugin.pipeline"
+PIPELINE_MODULE = "helios_vllm.pipeline"
 PIPELINE_CLASS = "HeliosCorePipeline"
 
 

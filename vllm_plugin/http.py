@@ -6,7 +6,7 @@ check the form against the checkpoint first, with the same translation the engin
 (`to_generation_request` + `plan_for_folder`, with the served Ulysses x Ring degree), and
 answer 400 naming the field:
 
-    vllm serve DIR --omni --middleware vllm_plugin.http.HeliosRequestCheck
+    vllm serve DIR --omni --middleware helios_vllm.http.HeliosRequestCheck
 
 Anything the check cannot read (another model, a form the server itself will refuse, a body
 past the media limit) passes through unchanged; the engine-side check still runs on every

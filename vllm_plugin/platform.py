@@ -20,7 +20,7 @@ import torch
 from vllm.platforms.cpu import CpuPlatform
 from vllm_omni.platforms.interface import OmniPlatform, OmniPlatformEnum
 
-QUALNAME = "vllm_plugin.platform.CpuOmniPlatform"
+QUALNAME = "helios_vllm.platform.CpuOmniPlatform"
 
 
 def activate() -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENGINE_ENV = {
-    "SGLANG_EXTERNAL_MODEL_PACKAGE": "sglang_plugin",
+    "SGLANG_EXTERNAL_MODEL_PACKAGE": "helios_sglang",
     "SGLANG_DIFFUSION_PLATFORM_OVERRIDE": "cpu",
     "TORCHDYNAMO_DISABLE": "1",
     "HF_HUB_OFFLINE": "1",
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bench.launch import Http, Launched, free_port, wait_ready  # noqa: E402
+from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
 from helios_backends.media_read import decode_mp4  # noqa: E402

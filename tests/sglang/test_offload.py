@@ -30,7 +30,7 @@ def _server_args(folder, flags):
 
 @pytest.mark.parametrize(("flags", "expected"), CASES, ids=[" ".join(f) or "none" for f, _ in CASES])
 def test_offload_flags_map_onto_the_core_offload_mode(tiny_folders, flags, expected):
-    from sglang_plugin.offload import core_offload
+    from helios_sglang.offload import core_offload
 
     assert core_offload(_server_args(tiny_folders["mid"], flags), num_layers=2) == expected
 
@@ -40,7 +40,7 @@ def test_prefetch_and_resident_layers_count_as_device_slots(tiny_folders):
     import copy
 
     from sglang.multimodal_gen.runtime.server_args import ServerArgs
-    from sglang_plugin.offload import core_offload
+    from helios_sglang.offload import core_offload
 
     layerwise = ServerArgs.from_kwargs(model_path=str(tiny_folders["mid"]), dit_layerwise_offload=True)
 

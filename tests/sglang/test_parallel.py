@@ -73,7 +73,7 @@ def _server_args(folder, **settings):
 
 def test_flags_map_onto_the_core_parallel_config(parallel_folders):
     from helios_backends.parallel import ParallelConfig
-    from sglang_plugin.parallel import core_parallel_config
+    from helios_sglang.parallel import core_parallel_config
 
     folder = parallel_folders["base"]
     cases = [
@@ -90,7 +90,7 @@ def test_flags_map_onto_the_core_parallel_config(parallel_folders):
 def test_automatic_cfg_parallel_leaves_distilled_unsplit_and_uses_sequence_parallel(parallel_folders):
     """Distilled has no CFG: SGLang's automatic layout for 2 GPUs must not split it by CFG."""
     from helios_backends.parallel import ParallelConfig
-    from sglang_plugin.parallel import core_parallel_config
+    from helios_sglang.parallel import core_parallel_config
 
     folder = parallel_folders["distilled"]
     args = _server_args(folder, num_gpus=2)
@@ -118,7 +118,7 @@ def test_combinations_the_core_cannot_run_are_refused_at_start_up_naming_the_fla
 
 
 def test_the_served_sequence_parallel_degree_is_ulysses_times_ring_after_sglangs_layout(parallel_folders):
-    from sglang_plugin.parallel import served_sp_degree
+    from helios_sglang.parallel import served_sp_degree
 
     cases = [
         ("base", {"num_gpus": 2}, 1),  # CFG parallel
@@ -136,7 +136,7 @@ def test_sizes_the_served_sequence_parallel_degree_cannot_split_are_refused_befo
     import sglang.multimodal_gen.runtime.server_args.server_args as global_args
 
     from helios_backends.errors import RequestError
-    from sglang_plugin.configs import HeliosCoreSamplingParams
+    from helios_sglang.configs import HeliosCoreSamplingParams
 
     req = SimpleNamespace(extra={"explicit_fields": ["height", "width"]})
     monkeypatch.setattr(global_args, "_global_server_args", _server_args(parallel_folders["distilled"], num_gpus=2, ring_degree=2))

@@ -22,7 +22,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-from bench.launch import Http, Launched, free_port, wait_ready  # noqa: E402
+from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402

@@ -15,7 +15,7 @@ from helios_backends.parallel import ParallelConfig
 from helios_backends.pipeline import Helios
 from helios_backends.request import GenerationRequest
 from helios_backends.tiny import TINY_TRANSFORMER, make_tiny
-from vllm_plugin.pipeline import core_parallel_config
+from helios_vllm.pipeline import core_parallel_config
 
 from .test_offline import offline
 
@@ -75,7 +75,7 @@ def test_two_engine_workers_equal_one_process(name, settings, variant, parallel_
 def test_distributed_layerwise_offload_is_refused_naming_the_flag(parallel_folders):
     from vllm_omni.diffusion.data import OmniDiffusionConfig
 
-    from vllm_plugin.pipeline import core_offload
+    from helios_vllm.pipeline import core_offload
 
     with pytest.raises(ValueError, match="enable-distributed-layerwise-offload"):
         core_offload(OmniDiffusionConfig(model=str(parallel_folders["distilled"]), enable_distributed_layerwise_offload=True))
@@ -88,7 +88,7 @@ def test_the_engine_refuses_sizes_its_sequence_parallel_degree_cannot_split_befo
     from vllm_omni.errors import OmniClientError
     from vllm_omni.inputs.data import OmniDiffusionSamplingParams
 
-    from vllm_plugin.pipeline import get_pre_process_func
+    from helios_vllm.pipeline import get_pre_process_func
 
     folder = str(parallel_folders["distilled"])
 
@@ -111,7 +111,7 @@ def test_the_http_check_refuses_sizes_the_served_sequence_parallel_degree_cannot
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from vllm_plugin.http import HeliosRequestCheck
+    from helios_vllm.http import HeliosRequestCheck
 
     async def queued(request):
         return PlainTextResponse("queued")

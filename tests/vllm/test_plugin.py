@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -9,22 +11,22 @@ from vllm_omni.diffusion.model_metadata import get_diffusion_model_metadata
 from vllm_omni.diffusion.registry import DiffusionModelRegistry
 from vllm_omni.model_extras.registry import get_extra_body_params
 
-import vllm_plugin
-from vllm_plugin.pipeline import HeliosCorePipeline
-from vllm_plugin.requests import HELIOS_EXTRA_PARAMS
+import helios_vllm
+from helios_vllm.pipeline import HeliosCorePipeline
+from helios_vllm.requests import HELIOS_EXTRA_PARAMS
 
 
 def test_entry_points_name_the_plugin_and_the_cpu_platform():
     general = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
     platforms = {ep.name: ep.value for ep in entry_points(group="vllm_omni.platform_plugins")}
-    assert general["helios_backends"] == "vllm_plugin:register"
-    assert platforms["helios_backends_cpu"] == "vllm_plugin.platform:activate"
+    assert general["helios_backends"] == "helios_vllm:register"
+    assert platforms["helios_backends_cpu"] == "helios_vllm.platform:activate"
 
 
-@pytest.mark.parametrize("arch", vllm_plugin.ARCHITECTURES)
+@pytest.mark.parametrize("arch", helios_vllm.ARCHITECTURES)
 def test_registering_twice_serves_both_archs_with_our_pipeline_as_video(arch):
-    vllm_plugin.register()
-    vllm_plugin.register()
+    helios_vllm.register()
+    helios_vllm.register()
     assert DiffusionModelRegistry._try_load_model_cls(arch) is HeliosCorePipeline
     assert get_diffusion_model_metadata(arch).final_output_type == "video"
     assert get_extra_body_params(arch) == HELIOS_EXTRA_PARAMS
@@ -36,6 +38,21 @@ def test_registering_twice_serves_both_archs_with_our_pipeline_as_video(arch):
 def test_cpu_platform_activates_only_on_vllms_cpu_platform():
     from vllm.platforms import current_platform
 
-    from vllm_plugin.platform import QUALNAME, activate
+    from helios_vllm.platform import QUALNAME, activate
 
     assert activate() == (QUALNAME if current_platform.is_cpu() else None)
+
+
+def test_the_pre_0_2_middleware_name_is_the_same_class_with_a_warning(tmp_path):
+    """`--middleware vllm_plugin.http.HeliosRequestCheck` (the name before helios_vllm), imported as
+    vLLM does (import_module + getattr), from a directory outside the checkout: the installed alias
+    gives the one class."""
+    script = (
+        "import importlib\n"
+        "import helios_vllm.http\n"
+        "print(getattr(importlib.import_module('vllm_plugin.http'), 'HeliosRequestCheck') is helios_vllm.http.HeliosRequestCheck)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "True"
+    assert "FutureWarning: the package 'vllm_plugin' is now named 'helios_vllm'" in done.stderr

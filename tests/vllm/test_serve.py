@@ -17,7 +17,7 @@ from helios_backends.media_write import Mp4Writer
 
 from .conftest import FAST, HEIGHT, WIDTH, core_frames, png_bytes, start_server
 
-MIDDLEWARE = ("--middleware", "vllm_plugin.http.HeliosRequestCheck")
+MIDDLEWARE = ("--middleware", "helios_vllm.http.HeliosRequestCheck")
 
 
 @pytest.fixture(scope="module")

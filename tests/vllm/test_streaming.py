@@ -8,8 +8,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from bench.compare_worker import realtime_session
 from helios_backends.media_read import decode_mp4
+from helios_harness.realtime import realtime_session
 
 from .conftest import FAST, HEIGHT, WIDTH, start_server
 

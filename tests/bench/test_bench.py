@@ -6,18 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--config", "tiny", "--device", "cpu", *args],
-                          capture_output=True, text=True, timeout=600)
+def run(*command: str) -> str:
+    """`python COMMAND --config tiny --device cpu ...` from the repository root."""
+    done = subprocess.run([sys.executable, *command, "--config", "tiny", "--device", "cpu"], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def test_bench_gpu_times_each_of_our_configurations_beside_diffusers_and_checks_the_fast_path(tmp_path):
-    run("bench_gpu.py", "--gamma", "0.3", "--runs", "check", "distilled-111", "--size", "64", "64", "33",
+    run("bench/bench_gpu.py", "--gamma", "0.3", "--runs", "check", "distilled-111", "--size", "64", "64", "33",
         "--ours", "mp4", "no-mp4", "--out", str(tmp_path))
     table = (tmp_path / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| Distilled")]
@@ -29,6 +30,6 @@ def test_bench_gpu_times_each_of_our_configurations_beside_diffusers_and_checks_
 
 
 def test_profile_step_times_every_pyramid_stage_and_tables_the_kernels(tmp_path):
-    run("profile_step.py", "--reps", "1", "--top", "5", "--out", str(tmp_path))
+    run("-m", "bench.profile_step", "--reps", "1", "--top", "5", "--out", str(tmp_path))  # the package form of a script
     text = (tmp_path / "profile_step.md").read_text()
     assert text.count("ours graphed / diffusers") == 3 and "diffusers compiled, stage" in text

@@ -1,8 +1,8 @@
 """Start a backend as a real process, watch its memory, wait until it serves, talk HTTP, stop it.
 
 Generic on purpose (no Helios or engine knowledge): `bench/compare.py` starts `vllm serve`,
-`sglang serve` and its own in-process workers with it, and the engine test suites their servers
-(as `bench.launch`: pytest puts the repo root on the path). Stdlib only, plus psutil (in the core
+`sglang serve` and its own in-process workers with it, and the engine test suites their servers.
+Stdlib only, plus psutil (in the core
 environment) for the memory of the whole process tree: engines spawn API, engine and worker
 processes, and the model lives in a child, so the root's own RSS would miss it.
 """

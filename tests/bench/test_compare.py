@@ -18,7 +18,7 @@ from PIL import Image
 
 from helios_backends.tiny import make_tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENGINE_BACKENDS = {"sglang": ["sglang-plugin"], "vllm": ["vllm-plugin", "vllm-plugin-stream"]}
 
 
