@@ -20,6 +20,7 @@ from helios_backends.config import VARIANT_DEFAULTS, TransformerConfig, uses_cfg
 from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import plan_for_folder, read_configs
 
+from .front_door import check_engine_options, check_media_paths
 from .offload import core_offload
 from .parallel import check_parallel_settings, served_sp_degree
 from .request_mapping import HELIOS_FIELDS, explicit_fields_of, to_generation_request
@@ -57,6 +58,7 @@ class HeliosCoreConfig(PipelineConfig):
     def validate_server_args(self, server_args: Any) -> None:
         """Refuse, at start-up, parallel and offload settings the core cannot honour."""
         check_parallel_settings(server_args)
+        check_engine_options(server_args)
         folder = Path(server_args.model_path)
         num_layers = read_configs(folder).transformer.num_layers if folder.is_dir() else TransformerConfig().num_layers
         core_offload(server_args, num_layers)
@@ -118,13 +120,7 @@ class HeliosCoreSamplingParams(SamplingParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, body_field in (("image_path", "image"), ("video_path", "video")):
-            if getattr(self, name):
-                raise RequestError(
-                    name,
-                    f"Helios reads conditioning media only from the request body: send `{body_field}` as "
-                    "base64 (this server never opens a path named in a request)",
-                )
+        check_media_paths(self)  # only this request's own upload, never a path the client named
 
     @classmethod
     def lower_video_request_kwargs(cls, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from helios_backends.errors import RequestError
 from helios_backends.media import decode_image, decode_video
 from helios_backends.request import GenerationRequest, parse_prompt_schedule
 
+from .front_door import engine_media
+
 # SGLang field -> GenerationRequest field, passed on only when the user set it (SGLang's own
 # warm-up, which sets no field explicitly, hands on its sizes and step count: WARMUP_FIELDS).
 SHARED_FIELDS = {
@@ -98,6 +100,7 @@ def to_generation_request(params: Any, explicit_fields: set[str] | None) -> Gene
     if "prompt_schedule" in values:
         schedule = values["prompt_schedule"]
         values["prompt_schedule"] = None if schedule is None else parse_prompt_schedule(schedule)
+    values.update(engine_media(params))  # an input_reference upload SGLang saved for this request
     if "image" in values:
         values["image"] = decode_image(values["image"])
     if "video" in values:
