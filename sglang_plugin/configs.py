@@ -32,12 +32,14 @@ _DEFAULTS = VARIANT_DEFAULTS["base"]
 class HeliosCoreConfig(PipelineConfig):
     """Server-level settings; the model itself is described by its folder's json files.
 
-    SGLang's task_type stays T2V: I2V and V2V are chosen per request by `task` or by an
-    `image` / `video` in the request body, which SGLang's path-based image handling never sees.
+    SGLang's default task stays T2V: I2V and V2V are chosen per request by `task` or by an
+    `image` / `video` in the request body. TI2V and V2V are declared so that SGLang accepts its
+    own `input_reference` upload (image -> TI2V, video -> V2V), which the plugin reads
+    (front_door.engine_media).
     """
 
     task_type: ModelTaskType = ModelTaskType.T2V
-    supported_task_types: ClassVar[tuple[ModelTaskType, ...]] = (ModelTaskType.T2V,)
+    supported_task_types: ClassVar[tuple[ModelTaskType, ...]] = (ModelTaskType.T2V, ModelTaskType.TI2V, ModelTaskType.V2V)
     dit_precision: str = "bf16"
     vae_precision: str = "fp32"
     vae_tiling: bool = False
