@@ -66,7 +66,8 @@ class HeliosCoreConfig(PipelineConfig):
         core_offload(server_args, num_layers)
 
     def resolve_task_type(self, requested=None, *, data_type=None, has_image=False, has_video=False):
-        if requested is not None and ModelTaskType.parse(requested) in (ModelTaskType.I2V, ModelTaskType.V2V):
+        # V2V passes: SGLang itself resolves a video upload to V2V and asks again with it.
+        if requested is not None and ModelTaskType.parse(requested) == ModelTaskType.I2V:
             raise RequestError(
                 "task_type",
                 "Helios takes the task as `task` (t2v, i2v or v2v) with the image or video in the request "

@@ -30,6 +30,7 @@ from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_para
 from helios_backends.pipeline import Helios
 from helios_backends.sampler import Generation
 
+from .front_door import check_engine_options
 from .requests import to_generation_request
 
 # vLLM-Omni parallel settings the core maps onto its own parallelism -> the flag that sets each.
@@ -242,6 +243,7 @@ class HeliosCorePipeline(nn.Module):
         super().__init__()
         self.od_config = od_config
         configs = read_configs(od_config.model)
+        check_engine_options(od_config)  # quantization, cache backends, LoRA, sleep mode: refused by flag
         # Refuses, at start-up, what the core cannot run; maps the rest onto the engine's groups.
         config = served_parallel_config(od_config, configs)
         check_cpu_workers(od_config, config)
