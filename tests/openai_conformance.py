@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
+import pytest
 from PIL import Image
 
 from bench.launch import free_port
@@ -40,7 +41,9 @@ class Served:
     long: dict  # extra_body of a request that runs for many steps (delete / failure tests)
     failing: dict  # extra_body of a request that passes validation and fails mid-run
     failure_names: str  # what the failed job's error message names
-    media_fields: Callable[[], dict] = field(default=lambda: {})  # extra_body beside an input_reference upload
+    image_body: dict  # extra_body giving png(5) inline (base64), the engine's spelling
+    small_job_s: float  # the most a small job may take right after a deleted one
+    media_fields: dict = field(default_factory=dict)  # extra_body beside an input_reference upload
 
 
 def mp4_frames(data: bytes) -> np.ndarray:
@@ -99,11 +102,11 @@ def a_failed_job_reads_back_as_failed_with_its_error(served: Served) -> None:
     assert served.client.videos.retrieve(video.id).status == "failed"
 
 
-def image_to_video_by_input_reference_equals_the_base64_image_request(served: Served, base64_body: dict) -> None:
+def image_to_video_by_input_reference_equals_the_base64_image_request(served: Served) -> None:
     """The SDK's upload reaches the core as the same image a base64 `image` field gives."""
     _, uploaded = completed(served, prompt="a fox", input_reference=("first.png", png(5), "image/png"),
-                            extra_body={**served.small, **served.media_fields(), "seed": 2})
-    _, inline = completed(served, prompt="a fox", extra_body={**served.small, **base64_body, "seed": 2})
+                            extra_body={**served.small, **served.media_fields, "seed": 2})
+    _, inline = completed(served, prompt="a fox", extra_body={**served.small, **served.image_body, "seed": 2})
     _, text_only = completed(served, prompt="a fox", extra_body={**served.small, "seed": 2})
     np.testing.assert_array_equal(uploaded, inline)
     assert not np.array_equal(uploaded, text_only)
@@ -111,7 +114,7 @@ def image_to_video_by_input_reference_equals_the_base64_image_request(served: Se
 
 def video_to_video_by_input_reference_completes(served: Served) -> None:
     _, frames = completed(served, prompt="a street", input_reference=("clip.mp4", mp4(6), "video/mp4"),
-                          extra_body={**served.small, **served.media_fields()})
+                          extra_body={**served.small, **served.media_fields})
     assert frames.shape == (33, HEIGHT, WIDTH, 3)
 
 
@@ -126,7 +129,7 @@ def list_honours_limit_and_pages_with_after(served: Served) -> None:
         served.client.videos.delete(video_id)
 
 
-def deleting_a_running_job_stops_it_and_frees_the_worker(served: Served, small_job_s: float) -> None:
+def deleting_a_running_job_stops_it_and_frees_the_worker(served: Served) -> None:
     """The deleted job's remaining steps are not run: the next small job completes in about its own time."""
     job = served.client.videos.create(prompt="a long fox", extra_body=served.long)
     deadline = time.monotonic() + 60
@@ -142,7 +145,27 @@ def deleting_a_running_job_stops_it_and_frees_the_worker(served: Served, small_j
     except openai.NotFoundError:
         pass
     completed(served, prompt="next", extra_body=served.small)
-    assert time.monotonic() - started < small_job_s, "the deleted job kept the worker busy"
+    assert time.monotonic() - started < served.small_job_s, "the deleted job kept the worker busy"
+
+
+SDK_SPEC = (
+    create_and_poll_completes_and_download_content_is_its_mp4,
+    create_returns_a_queued_job_that_retrieve_follows_to_completion,
+    a_failed_job_reads_back_as_failed_with_its_error,
+    image_to_video_by_input_reference_equals_the_base64_image_request,
+    video_to_video_by_input_reference_completes,
+    list_honours_limit_and_pages_with_after,
+    deleting_a_running_job_stops_it_and_frees_the_worker,  # last: an engine that cannot abort stays busy
+)
+
+
+def sdk_cases(known_gaps: dict[str, str] | None = None) -> list:
+    """SDK_SPEC as pytest params; a known gap (name -> reason) is a strict xfail, so closing it fails the suite until it is removed."""
+    gaps = known_gaps or {}
+    return [
+        pytest.param(case, id=case.__name__, marks=[pytest.mark.xfail(strict=True, reason=gaps[case.__name__])] if case.__name__ in gaps else [])
+        for case in SDK_SPEC
+    ]
 
 
 # -- refusals (raw HTTP) ---------------------------------------------------------------------------

@@ -41,29 +41,14 @@ def served(vllm):
         long={**SMALL, "num_frames": 660},
         failing={**SMALL, "num_frames": 660, "extra_params": extra(timeout_s=0.5)},
         failure_names="timeout_s",
+        image_body={"extra_params": extra(image=base64.b64encode(spec.png(5)).decode())},
+        small_job_s=8,
     )
 
 
-def test_create_and_poll_completes_and_download_content_is_its_mp4(served):
-    spec.create_and_poll_completes_and_download_content_is_its_mp4(served)
-
-
-def test_create_returns_a_queued_job_that_retrieve_follows_to_completion(served):
-    spec.create_returns_a_queued_job_that_retrieve_follows_to_completion(served)
-
-
-def test_a_failed_job_reads_back_as_failed_with_its_error(served):
-    spec.a_failed_job_reads_back_as_failed_with_its_error(served)
-
-
-def test_image_to_video_by_input_reference_equals_the_base64_image_request(served):
-    spec.image_to_video_by_input_reference_equals_the_base64_image_request(
-        served, {"extra_params": extra(image=base64.b64encode(spec.png(5)).decode())}
-    )
-
-
-def test_video_to_video_by_input_reference_completes(served):
-    spec.video_to_video_by_input_reference_completes(served)
+@pytest.mark.parametrize("case", spec.sdk_cases())
+def test_the_openai_sdk_flow(served, case):
+    case(served)
 
 
 def form(**fields):
@@ -104,14 +89,6 @@ def test_sleep_and_wakeup_are_refused_and_the_server_keeps_serving(served):
         assert response.status_code == 400 and route in response.text and "sleep" in response.text, response.text
     video = served.client.videos.create_and_poll(prompt="awake", extra_body=SMALL, poll_interval_ms=spec.POLL_MS)
     assert video.status == "completed", video
-
-
-def test_list_honours_limit_and_pages_with_after(served):
-    spec.list_honours_limit_and_pages_with_after(served)
-
-
-def test_deleting_a_running_job_stops_it_and_frees_the_worker(served):
-    spec.deleting_a_running_job_stops_it_and_frees_the_worker(served, small_job_s=8)
 
 
 def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_folders):
