@@ -16,6 +16,10 @@ reads it, and refuses every other path.
 
 Engine options the core has no counterpart for (quantization, cache backends, LoRA) are refused
 at start-up by `check_engine_options`, naming the flag.
+
+SGLang's DELETE only forgets a job's record (it has no abort for a running job), so the front
+door also records each DELETE as an empty marker file, and the worker's denoising loop
+(`check_not_deleted`) stops that job before its next step; the job then writes no video.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
-from helios_backends.errors import RequestError
+from helios_backends.errors import GenerationCancelled, RequestError
 from helios_backends.front_door import body_items, read_body, refused_field, replay, request_fields
 
 NEVER_OPENED = "this server never opens a path named in a request"
@@ -101,13 +105,42 @@ def bad_request(exc: RequestError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
+def _deleted_dir(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}"
+
+
+def mark_deleted(port: int, job_id: str) -> None:
+    """Record a DELETE of a job for the worker running it (SGLang has no abort message to send it)."""
+    if job_id and "/" not in job_id and not job_id.startswith("."):
+        folder = _deleted_dir(port)
+        folder.mkdir(exist_ok=True)
+        (folder / job_id).touch()
+
+
+def check_not_deleted(request_id: str | None) -> None:
+    """In the worker, between denoising steps: stop a job whose DELETE the front door recorded."""
+    from sglang.multimodal_gen.runtime.server_args import get_global_server_args
+
+    try:
+        marker = _deleted_dir(get_global_server_args().port) / str(request_id)
+    except ValueError:  # no server in this process (the CLI)
+        return
+    if request_id and marker.exists():
+        marker.unlink(missing_ok=True)
+        raise GenerationCancelled(f"job {request_id} was deleted")
+
+
 class HeliosFrontDoor:
-    """ASGI middleware: a POST naming a refused field is answered 400 before SGLang reads it."""
+    """ASGI middleware: a POST naming a refused field is answered 400 before SGLang reads it; a
+    DELETE of a job is recorded for the worker, which stops it at its next denoising step."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
+        parts = scope.get("path", "").strip("/").split("/")
+        if scope["type"] == "http" and scope["method"] == "DELETE" and len(parts) == 3 and parts[:2] == ["v1", "videos"]:
+            mark_deleted(scope["server"][1] if scope.get("server") else 0, parts[2])
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)

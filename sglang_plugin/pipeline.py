@@ -30,6 +30,7 @@ from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYP
 from helios_backends.loading import read_configs
 from helios_backends.pipeline import Helios
 
+from .front_door import check_not_deleted
 from .offload import core_offload
 from .parallel import worker_parallel_groups
 from .request_mapping import explicit_fields_of, to_generation_request
@@ -74,6 +75,7 @@ class HeliosDenoiseStage(_HeliosStage):
             while not gen.done:
                 gen.begin_chunk()
                 while not gen.chunk_denoised:
+                    check_not_deleted(batch.request_id)
                     gen.step()
                     progress.update(1)
                 chunks.append(gen.end_chunk())

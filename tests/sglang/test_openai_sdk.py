@@ -22,10 +22,7 @@ SMALL = {"width": spec.WIDTH, "height": spec.HEIGHT, "num_frames": 33, "pyramid_
 # The SDK sends multipart when a file is attached, spelling a list as repeated `key[]` parts;
 # SGLang JSON-decodes a form field's text, so the steps go as JSON text there.
 FORM_STEPS = {"pyramid_steps": "[1, 1, 1]"}
-KNOWN_GAPS = {
-    "deleting_a_running_job_stops_it_and_frees_the_worker":
-        "SGLang 0.5.23 cannot abort a running job (its DELETE only forgets the record); issue 18 point 4",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
