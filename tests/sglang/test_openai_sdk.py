@@ -44,7 +44,7 @@ def served(sglang):
             failing={**SMALL, "timeout_s": 1e-9},
             failure_names="timeout_s",
             image_body={"image": base64.b64encode(spec.png(5)).decode()},
-            small_job_s=20,
+            long_chunks=10,
             media_fields=FORM_STEPS,
         )
 

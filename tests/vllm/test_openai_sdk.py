@@ -42,7 +42,7 @@ def served(vllm):
         failing={**SMALL, "num_frames": 660, "extra_params": extra(timeout_s=0.5)},
         failure_names="timeout_s",
         image_body={"extra_params": extra(image=base64.b64encode(spec.png(5)).decode())},
-        small_job_s=8,
+        long_chunks=20,
     )
 
 
