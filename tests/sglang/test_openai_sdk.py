@@ -40,7 +40,7 @@ def served(sglang):
             client=openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0),
             http=http,
             small=SMALL,
-            long={**SMALL, "num_frames": 330},  # ten chunks: a job that cannot be aborted runs out quickly
+            long={**SMALL, "num_frames": 330},  # ten chunks
             failing={**SMALL, "timeout_s": 1e-9},
             failure_names="timeout_s",
             image_body={"image": base64.b64encode(spec.png(5)).decode()},
