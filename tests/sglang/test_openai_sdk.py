@@ -113,7 +113,9 @@ def test_python_m_sglang_launch_server_serves_a_helios_folder(tiny_folders, fp32
     port = free_port()
     command = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(tiny_folders[VARIANT]),
                "--pipeline-config-path", str(fp32_config), "--host", "127.0.0.1", "--port", str(port),
-               "--warmup-mode", "off", "--output-path", str(tmp_path / "outputs")]
+               "--warmup-mode", "off", "--output-path", str(tmp_path / "outputs"),
+               # the module's own server holds SGLang's default internal ports
+               "--master-port", str(free_port()), "--scheduler-port", str(free_port())]
     env = {k: v for k, v in engine_env().items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"}  # entry points alone
     process = Launched(command, tmp_path / "server.log", env=env, cwd=tmp_path, sample_memory=False)
     try:
