@@ -20,6 +20,7 @@ from helios_backends.config import VARIANT_DEFAULTS, TransformerConfig, uses_cfg
 from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import plan_for_folder, read_configs
 
+from .front_door import check_engine_options, check_media_paths
 from .offload import core_offload
 from .parallel import check_parallel_settings, served_sp_degree
 from .request_mapping import HELIOS_FIELDS, explicit_fields_of, to_generation_request
@@ -31,12 +32,14 @@ _DEFAULTS = VARIANT_DEFAULTS["base"]
 class HeliosCoreConfig(PipelineConfig):
     """Server-level settings; the model itself is described by its folder's json files.
 
-    SGLang's task_type stays T2V: I2V and V2V are chosen per request by `task` or by an
-    `image` / `video` in the request body, which SGLang's path-based image handling never sees.
+    SGLang's default task stays T2V: I2V and V2V are chosen per request by `task` or by an
+    `image` / `video` in the request body. TI2V and V2V are declared so that SGLang accepts its
+    own `input_reference` upload (image -> TI2V, video -> V2V), which the plugin reads
+    (front_door.engine_media).
     """
 
     task_type: ModelTaskType = ModelTaskType.T2V
-    supported_task_types: ClassVar[tuple[ModelTaskType, ...]] = (ModelTaskType.T2V,)
+    supported_task_types: ClassVar[tuple[ModelTaskType, ...]] = (ModelTaskType.T2V, ModelTaskType.TI2V, ModelTaskType.V2V)
     dit_precision: str = "bf16"
     vae_precision: str = "fp32"
     vae_tiling: bool = False
@@ -57,12 +60,14 @@ class HeliosCoreConfig(PipelineConfig):
     def validate_server_args(self, server_args: Any) -> None:
         """Refuse, at start-up, parallel and offload settings the core cannot honour."""
         check_parallel_settings(server_args)
+        check_engine_options(server_args)
         folder = Path(server_args.model_path)
         num_layers = read_configs(folder).transformer.num_layers if folder.is_dir() else TransformerConfig().num_layers
         core_offload(server_args, num_layers)
 
     def resolve_task_type(self, requested=None, *, data_type=None, has_image=False, has_video=False):
-        if requested is not None and ModelTaskType.parse(requested) in (ModelTaskType.I2V, ModelTaskType.V2V):
+        # V2V passes: SGLang itself resolves a video upload to V2V and asks again with it.
+        if requested is not None and ModelTaskType.parse(requested) == ModelTaskType.I2V:
             raise RequestError(
                 "task_type",
                 "Helios takes the task as `task` (t2v, i2v or v2v) with the image or video in the request "
@@ -102,13 +107,7 @@ class HeliosSamplingParamsBase(SamplingParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, body_field in (("image_path", "image"), ("video_path", "video")):
-            if getattr(self, name):
-                raise RequestError(
-                    name,
-                    f"Helios reads conditioning media only from the request body: send `{body_field}` as "
-                    "base64 (this server never opens a path named in a request)",
-                )
+        check_media_paths(self)  # only this request's own upload, never a path the client named
 
     @classmethod
     def lower_video_request_kwargs(cls, request: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

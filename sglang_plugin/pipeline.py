@@ -30,6 +30,7 @@ from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYP
 from helios_backends.loading import read_configs
 from helios_backends.pipeline import Helios
 
+from .front_door import check_not_deleted
 from .offload import core_offload
 from .parallel import worker_parallel_groups
 from .request_mapping import explicit_fields_of, to_generation_request
@@ -61,7 +62,13 @@ class HeliosSessionStage(_HeliosStage):
         session = self.helios.session(plan, generator=generator, keep="frames")
         try:
             with self.progress_bar(total=session.total_steps, batch=batch) as progress:
-                session.run(on_step=lambda _: progress.update(1))
+
+                def on_step(_):
+                    progress.update(1)
+                    check_not_deleted(batch.request_id)  # a DELETE stops the job before its next step
+
+                check_not_deleted(batch.request_id)
+                session.run(on_step=on_step)
         finally:
             session.close()
             logger.info("Helios core: request released; offloaded blocks on the device: %s", self.helios.resident_blocks)

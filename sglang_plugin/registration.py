@@ -33,6 +33,7 @@ def register() -> None:
         from sglang.multimodal_gen.registry import register_pipeline
 
         from .configs import HeliosCoreConfig, HeliosCoreSamplingParams
+        from .front_door import register_front_door
         from .pipeline import HeliosCorePipeline, HeliosCorePyramidPipeline
 
         for pipeline_cls in (HeliosCorePipeline, HeliosCorePyramidPipeline):
@@ -44,4 +45,5 @@ def register() -> None:
                 model_detectors=[is_helios_pipeline_class],
                 overwrite=True,
             )
+        register_front_door()
         _registered = True

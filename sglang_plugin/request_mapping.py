@@ -14,6 +14,8 @@ from typing import Any
 from helios_backends.errors import RequestError
 from helios_backends.request import REQUEST_FIELDS, GenerationRequest
 
+from .front_door import engine_media
+
 # Request fields SGLang's own SamplingParams carries, under the core's names; passed on only when
 # the user set them (SGLang's own warm-up, which sets no field explicitly, hands on its sizes and
 # step count: WARMUP_FIELDS). prompt and seed are always passed on.
@@ -54,6 +56,7 @@ def to_generation_request(params: Any, explicit_fields: set[str] | None) -> Gene
         value = getattr(params, name, None)
         if value is not None:
             fields[name] = value
+    fields.update(engine_media(params))  # an input_reference upload SGLang saved for this request
     return GenerationRequest.from_fields(fields)
 
 

@@ -8,6 +8,11 @@ answer 400 naming the field:
 
     vllm serve DIR --omni --middleware helios_vllm.http.HeliosRequestCheck
 
+It is also the front door (vllm_plugin.front_door): a form field that names a URL, an option
+the core lacks or no field at all is refused the same way, `/v1/omni/sleep` and `/wakeup` are
+refused while the server keeps serving, and a failed job reads back as 200 with
+`status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect).
+
 Anything the check cannot read (another model, a form the server itself will refuse, a body
 past the media limit) passes through unchanged; the engine-side check still runs on every
 request.
@@ -28,10 +33,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helios_backends.errors import RequestError
 from helios_backends.fields import form_fields
+from helios_backends.front_door import end_of_body, read_body, replay
 from helios_backends.loading import plan_for_folder
 from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
 from . import ARCHITECTURES
+from .front_door import SLEEP_REFUSAL, SLEEP_ROUTES, refused_form_field
 from .requests import HELIOS_EXTRA_PARAMS, to_generation_request
 
 VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
@@ -78,36 +85,6 @@ def helios_folder(app: Any) -> Path | None:
     return folder if index.get("_class_name") in ARCHITECTURES else None
 
 
-async def read_body(receive: Receive, limit: int) -> tuple[list[Message], bool]:
-    """The request's body messages, stopping early past `limit` bytes; (messages, complete)."""
-    messages, size = [], 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, False
-        size += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return messages, True
-        if size > limit:
-            return messages, False
-
-
-async def end_of_body() -> Message:
-    """What a receive yields once a complete body has been read."""
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def replay(messages: list[Message], receive: Receive) -> Receive:
-    """A receive that yields the buffered messages first, then the rest of the stream."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        return pending.pop(0) if pending else await receive()
-
-    return replayed
-
-
 async def form_request(form) -> tuple[dict, FormSampling] | None:
     """(prompt, sampling) as vLLM-Omni builds them from the form; None when the server itself will refuse the form.
 
@@ -146,6 +123,43 @@ async def form_request(form) -> tuple[dict, FormSampling] | None:
     return prompt, sampling
 
 
+def is_job_path(path: str) -> bool:
+    """GET /v1/videos/{id}: one job's record (not its /content)."""
+    parts = path.strip("/").split("/")
+    return len(parts) == 3 and parts[:2] == ["v1", "videos"] and parts[2] not in ("", "sync")
+
+
+def failed_job_read_as_ok(send: Send) -> Send:
+    """A failed job's record goes out as 200 with `status: "failed"`, as the OpenAI API answers it.
+
+    vLLM-Omni answers it with the job's own error code (4xx/5xx), which makes the SDK's
+    `retrieve` / `create_and_poll` raise instead of returning the failed job. The body is unchanged.
+    """
+    held: list[Message] = []
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            held.append(message)
+            return
+        if held:
+            held.append(message)
+            if message.get("more_body", False):
+                return
+            body = b"".join(m.get("body", b"") for m in held[1:])
+            try:
+                failed = json.loads(body).get("status") == "failed"
+            except (ValueError, AttributeError):
+                failed = False
+            start = {**held[0], "status": 200} if failed else held[0]
+            await send(start)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            held.clear()
+            return
+        await send(message)
+
+    return sending
+
+
 def bad_request(exc: RequestError) -> JSONResponse:
     message = f"Helios request: {exc}"
     error = {"message": message, "type": "BadRequestError", "param": exc.field, "code": 400}
@@ -159,10 +173,16 @@ class HeliosRequestCheck:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.applies(scope):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         folder = helios_folder(scope.get("app"))
         if folder is None:
+            return await self.app(scope, receive, send)
+        if scope["method"] == "POST" and scope["path"] in SLEEP_ROUTES:
+            return await bad_request(RequestError(scope["path"], SLEEP_REFUSAL))(scope, receive, send)
+        if scope["method"] == "GET" and is_job_path(scope["path"]):
+            return await self.app(scope, receive, failed_job_read_as_ok(send))
+        if not self.applies(scope):
             return await self.app(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
         if complete:
@@ -185,6 +205,9 @@ class HeliosRequestCheck:
         except Exception:  # a malformed form: the route answers it with its own error
             return None
         try:
+            refused = refused_form_field(list(form.multi_items()))
+            if refused is not None:
+                return refused
             parsed = await form_request(form)
             if parsed is None:
                 return None

@@ -31,6 +31,7 @@ from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_para
 from helios_backends.pipeline import Helios
 from helios_backends.session import Session
 
+from .front_door import check_engine_options
 from .requests import to_generation_request
 
 # Under vllm_omni's logger, which vLLM-Omni hangs under vLLM's: worker logs show it.
@@ -223,6 +224,7 @@ class HeliosCorePipeline(nn.Module):
         super().__init__()
         self.od_config = od_config
         configs = read_configs(od_config.model)
+        check_engine_options(od_config)  # quantization, cache backends, LoRA, sleep mode: refused by flag
         # Refuses, at start-up, what the core cannot run; maps the rest onto the engine's groups.
         config = served_parallel_config(od_config, configs)
         check_cpu_workers(od_config, config)

@@ -104,7 +104,7 @@ BAD_REQUESTS = [
     ({"image": "not base64!"}, "image"),
     ({"video": _b64(b"not a video")}, "video"),
     ({"prompt_schedule": [{"start_chunk": 1, "prompt": "late"}]}, "prompt_schedule"),
-    ({"input_reference": "/etc/hostname"}, "image_path"),
+    ({"input_reference": "/etc/hostname"}, "input_reference"),
     ({"task_type": "i2v"}, "task_type"),
     ({"task": "i2v"}, "image"),
     ({"seed": [1, 2]}, "seed"),

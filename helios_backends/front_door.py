@@ -1,0 +1,117 @@
+"""What a server's front door refuses before a request reaches an engine, and the ASGI plumbing to read it.
+
+Both engines accept request fields that name server paths or URLs, or engine options the Helios
+core has no counterpart for, and some act on them before any model code runs (fetching a URL,
+creating a folder). Each adapter lists its engine's such fields (name -> why it is refused) and an
+ASGI middleware checks every request's fields against that list, answering 400 naming the field.
+The middleware buffers the body to read it and hands the same bytes on to the engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .errors import RequestError
+
+# Containers whose keys the engines promote to request fields (SGLang flattens all four; vLLM-Omni
+# reads extra_params).
+EXTRA_CONTAINERS = ("extra_body", "extra_json", "extra_params", "extra_args")
+UNSET_TEXT = frozenset({"", "false", "0", "null", "none"})
+
+
+def is_set(value: Any) -> bool:
+    """Whether a field asks for something: absent, null, false and their form spellings do not."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str):
+        return value.strip().lower() not in UNSET_TEXT
+    return True
+
+
+def _container(value: Any) -> Mapping | None:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, Mapping) else None
+
+
+def request_fields(items: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """Every (name, value) of a body's items, with the extra containers' keys promoted, as the engines read them."""
+    for name, value in items:
+        nested = _container(value) if name in EXTRA_CONTAINERS else None
+        if nested is None:
+            yield name, value
+        else:
+            yield from request_fields(nested.items())
+
+
+def refused_field(fields: Iterable[tuple[str, Any]], refusals: Mapping[str, str]) -> RequestError | None:
+    """The first set field whose name (or `name[...]` form spelling) is refused, as a RequestError naming it."""
+    for name, value in fields:
+        base = name.split("[", 1)[0]
+        if base in refusals and is_set(value):
+            return RequestError(name, refusals[base])
+    return None
+
+
+# -- ASGI body buffering ---------------------------------------------------------------------------
+
+
+async def read_body(receive, limit: int) -> tuple[list[dict], bool]:
+    """The request's body messages, stopping early past `limit` bytes; (messages, complete)."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, False
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return messages, True
+        if size > limit:
+            return messages, False
+
+
+async def end_of_body() -> dict:
+    """What a receive yields once a complete body has been read."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def replay(messages: list[dict], receive):
+    """A receive that yields the buffered messages first, then the rest of the stream."""
+    pending = list(messages)
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def body_items(scope, messages: list[dict], max_part_size: int) -> list[tuple[str, Any]] | None:
+    """A complete body's (name, value) items: a JSON object's, or a form's (uploads as UploadFile).
+
+    None when the body is neither (the route answers it with its own error). The uploads are closed
+    on return (their type is what a check looks at); the engine parses the replayed bytes itself.
+    """
+    from starlette.requests import Request
+
+    content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
+    request = Request(scope, replay(messages, end_of_body))
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        try:
+            form = await request.form(max_part_size=max_part_size)
+        except Exception:  # a malformed form: the route answers it
+            return None
+        try:
+            return list(form.multi_items())
+        finally:
+            await form.close()
+    try:
+        body = json.loads(b"".join(m.get("body", b"") for m in messages) or b"null")
+    except ValueError:
+        return None
+    return list(body.items()) if isinstance(body, dict) else None

@@ -1,0 +1,144 @@
+"""`sglang serve` as a new user meets it: the official `openai` SDK, and raw HTTP for every refused field
+(tests/openai_conformance.py is the spec both engines run)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+
+from bench.launch import Http, Launched, free_port, wait_ready
+from tests import openai_conformance as spec
+
+from .conftest import START_TIMEOUT_S, engine_env, start_server
+
+VARIANT = "distilled"  # no CFG: the fastest variant per step
+SMALL = {"width": spec.WIDTH, "height": spec.HEIGHT, "num_frames": 33, "pyramid_steps": [1, 1, 1]}
+# The SDK sends multipart when a file is attached, spelling a list as repeated `key[]` parts;
+# SGLang JSON-decodes a form field's text, so the steps go as JSON text there.
+FORM_STEPS = {"pyramid_steps": "[1, 1, 1]"}
+KNOWN_GAPS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def sglang(tiny_folders, fp32_config, tmp_path_factory):
+    server = start_server(tiny_folders[VARIANT], fp32_config, tmp_path_factory.mktemp("sdk"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(sglang):
+    url = sglang.http.base_url
+    with httpx.Client(base_url=url, timeout=120) as http:
+        yield spec.Served(
+            client=openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0),
+            http=http,
+            small=SMALL,
+            long={**SMALL, "num_frames": 330},  # ten chunks
+            failing={**SMALL, "timeout_s": 1e-9},
+            failure_names="timeout_s",
+            image_body={"image": base64.b64encode(spec.png(5)).decode()},
+            long_chunks=10,
+            media_fields=FORM_STEPS,
+        )
+
+
+@pytest.mark.parametrize("case", spec.sdk_cases(KNOWN_GAPS))
+def test_the_openai_sdk_flow(served, case):
+    case(served)
+
+
+def json_body(**fields):
+    return lambda http: http.post("/v1/videos", json={"prompt": "a fox", **SMALL, **fields})
+
+
+def form_body(**fields):
+    return lambda http: http.post("/v1/videos", data={"prompt": "a fox", **SMALL, **FORM_STEPS, **fields}, files={"unused": ("x", b"")})
+
+
+REFUSED = {
+    "output_path": (json_body(output_path="/tmp/helios-client-folder"), "output_path"),
+    "output_path_in_a_form": (form_body(output_path="/tmp/helios-client-folder"), "output_path"),
+    "output_path_in_extra_body": (json_body(extra_body={"output_path": "/tmp/helios-client-folder"}), "output_path"),
+    "perf_dump_path": (json_body(perf_dump_path="/tmp/helios-perf.json"), "perf_dump_path"),
+    "frame_interpolation_model_path": (json_body(frame_interpolation_model_path="/etc"), "frame_interpolation_model_path"),
+    "upscaling_model_path": (form_body(upscaling_model_path="/etc"), "upscaling_model_path"),
+    "input_reference_path": (json_body(input_reference="/etc/hostname"), "input_reference"),
+    "input_reference_object": (json_body(input_reference={"image_url": "http://127.0.0.1:9/x.png"}), "input_reference"),
+    "video_path": (json_body(video_path="/etc/hostname.mp4"), "video_path"),
+    "video_url": (form_body(video_url="http://127.0.0.1:9/x.mp4"), "video_url"),
+    "teacache": (json_body(enable_teacache=True), "enable_teacache"),
+    "cache_dit": (json_body(extra_params={"enable_cache_dit": True}), "enable_cache_dit"),
+    "lora": (json_body(lora_path="/tmp/lora.safetensors"), "lora_path"),
+    "diffusers_kwargs": (json_body(diffusers_kwargs={"x": 1}), "diffusers_kwargs"),
+    "frame_interpolation": (json_body(enable_frame_interpolation=True), "enable_frame_interpolation"),
+}
+
+
+@pytest.mark.parametrize(("send", "field_name"), REFUSED.values(), ids=REFUSED.keys())
+def test_a_field_naming_a_path_url_or_missing_option_is_refused_400_naming_it(served, send, field_name):
+    spec.refused_with_400_naming_the_field(served, send, field_name)
+
+
+def test_refused_fields_leave_no_trace_the_folder_file_and_url_untouched(served, tmp_path):
+    folder, dump = tmp_path / "client-folder", tmp_path / "perf.json"
+    dump.write_text("keep")
+    recorder = spec.RecordingServer()
+    try:
+        for fields in ({"output_path": str(folder)}, {"perf_dump_path": str(dump)}, {"reference_url": recorder.url("a.png")}):
+            assert json_body(**fields)(served.http).status_code == 400
+        assert form_body(reference_url=recorder.url("b.png"))(served.http).status_code == 400
+    finally:
+        recorder.close()
+    assert not folder.exists() and dump.read_text() == "keep" and recorder.hits == []
+
+
+def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_folders):
+    from sglang.multimodal_gen.runtime.server_args import ServerArgs
+
+    for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"lora_path": "/tmp/lora"}, "--lora-path"),
+                           ({"cache_dit_config": "{}"}, "--cache-dit-config")):
+        with pytest.raises(ValueError, match=flag):
+            ServerArgs.from_kwargs(model_path=str(tiny_folders[VARIANT]), **settings)
+
+
+def test_python_m_sglang_launch_server_serves_a_helios_folder(tiny_folders, fp32_config, tmp_path):
+    """The design's own command: SGLang's LLM launcher hands a Helios folder to the diffusion server."""
+    port = free_port()
+    command = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(tiny_folders[VARIANT]),
+               "--pipeline-config-path", str(fp32_config), "--host", "127.0.0.1", "--port", str(port),
+               "--warmup-mode", "off", "--output-path", str(tmp_path / "outputs"),
+               # the module's own server holds SGLang's default internal ports
+               "--master-port", str(free_port()), "--scheduler-port", str(free_port())]
+    env = {k: v for k, v in engine_env().items() if k != "SGLANG_EXTERNAL_MODEL_PACKAGE"}  # entry points alone
+    process = Launched(command, tmp_path / "server.log", env=env, cwd=tmp_path, sample_memory=False)
+    try:
+        http = Http(f"http://127.0.0.1:{port}", timeout=120)
+        wait_ready(process, http, timeout=START_TIMEOUT_S)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        video = client.videos.create_and_poll(prompt="a fox", extra_body=SMALL, poll_interval_ms=spec.POLL_MS)
+        assert video.status == "completed", video
+    finally:
+        process.stop(grace=60)
+
+
+def test_the_launch_route_leaves_every_other_model_to_the_llm_server(tmp_path):
+    from sglang_plugin.launch_route import route_helios_folder
+
+    other = tmp_path / "llm"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    for argv in (["--model-path", str(other)], ["--model-path", "Qwen/Qwen3-0.6B"], []):
+        assert route_helios_folder(lambda a: ("llm server args", a), argv) == ("llm server args", argv)
+
+
+def test_the_launch_route_is_an_installed_srt_plugin():
+    script = "from importlib.metadata import entry_points; print([e.value for e in entry_points(group='sglang.srt.plugins')])"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=engine_env(), timeout=60)
+    assert "sglang_plugin.launch_route:register" in result.stdout, result.stderr

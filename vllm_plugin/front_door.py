@@ -1,0 +1,94 @@
+"""vLLM-Omni's front door for Helios: what a request may name, and the endpoints Helios cannot honour.
+
+vLLM-Omni's `/v1/videos` form fetches `image_reference` / `video_reference` URLs in the API server
+and takes options the Helios core has no counterpart for (LoRA, frame interpolation with a model
+path, a second guidance scale ...); unknown form fields are dropped by FastAPI. `refused_form_field`
+names the first such field of a form; `HeliosRequestCheck` (vllm_plugin.http) answers it with 400.
+`/v1/omni/sleep` would park the engine (sleep needs vLLM's CUDA sleep allocator, which the core's
+weights do not live in), so `SLEEP_ROUTES` are refused there too, and the server keeps serving.
+
+`check_engine_options` refuses, at start-up, engine flags the core would otherwise ignore.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from typing import Any
+
+from starlette.datastructures import UploadFile
+
+from helios_backends.errors import RequestError
+from helios_backends.front_door import is_set, refused_field
+
+NEVER_FETCHED = "this server never fetches a URL named in a request; upload the file as `input_reference` or send it base64 in extra_params"
+NEVER_OPENED = "this server never opens a path named in a request"
+NOT_OFFERED = "not offered by the Helios core; leave it unset"
+
+# /v1/videos form field -> why it is refused.
+REFUSED_FORM_FIELDS = {
+    "image_reference": NEVER_FETCHED,
+    "video_reference": NEVER_FETCHED,
+    "audio_reference": NEVER_FETCHED,
+    "input_reference": "must be an uploaded file (an image or a video); " + NEVER_FETCHED,
+    "input_references": "Helios takes one `input_reference` upload",
+    "frame_interpolation_model_path": NEVER_OPENED,
+    "enable_frame_interpolation": NOT_OFFERED,
+    "frame_interpolation_exp": NOT_OFFERED,
+    "frame_interpolation_scale": NOT_OFFERED,
+    "lora": "LoRA is " + NOT_OFFERED,
+    "guidance_scale_2": NOT_OFFERED,
+    "true_cfg_scale": NOT_OFFERED,
+    "boundary_ratio": NOT_OFFERED,
+    "flow_shift": "Helios' shift comes from its scheduler config; " + NOT_OFFERED,
+    "generate_sound": NOT_OFFERED,
+    "sound_duration": NOT_OFFERED,
+    "start_time_seconds": NOT_OFFERED,
+    "control_reference": NOT_OFFERED,
+    "control_type": NOT_OFFERED,
+    "source_video": NOT_OFFERED,
+    "source_audio": NOT_OFFERED,
+    "video_noise_mask": NOT_OFFERED,
+    "audio_noise_mask": NOT_OFFERED,
+}
+SLEEP_ROUTES = frozenset({"/v1/omni/sleep", "/v1/omni/wakeup"})
+SLEEP_REFUSAL = (
+    "sleep mode is not supported for Helios: its weights are loaded by the Helios core, outside vLLM's "
+    "sleep allocator, so they could not leave the GPU; the server keeps serving"
+)
+
+
+@cache
+def form_field_names() -> frozenset[str]:
+    """The fields vLLM-Omni's /v1/videos form reads (its form parser's parameters)."""
+    from vllm_omni.entrypoints.openai.video.generation.helpers import _parse_video_form
+
+    return frozenset(name for name in inspect.signature(_parse_video_form).parameters if name != "raw_request")
+
+
+def refused_form_field(items: list[tuple[str, Any]]) -> RequestError | None:
+    """The first form field Helios refuses (by name) or the form does not read (unknown), else None."""
+    fields = [(name, value) for name, value in items if not (name == "input_reference" and isinstance(value, UploadFile))]
+    error = refused_field(fields, REFUSED_FORM_FIELDS)
+    if error is not None:
+        return error
+    known = form_field_names()
+    for name, value in fields:
+        if name not in known and is_set(value):
+            accepted = sorted(known - set(REFUSED_FORM_FIELDS))
+            return RequestError(name, f"is not a /v1/videos field (accepted: {accepted})")
+    return None
+
+
+def check_engine_options(od_config: Any) -> None:
+    """Refuse, at start-up, engine flags the Helios core would otherwise ignore, naming the flag."""
+    quantization = od_config.quantization_config
+    if quantization is not None and not od_config.quantization_config_is_auto_detected:
+        name = getattr(quantization, "get_name", lambda: quantization)()
+        raise ValueError(f"--quantization {name}: not supported by the Helios core (it runs the checkpoint's own weights); leave it unset")
+    if (od_config.cache_backend or "none") != "none":
+        raise ValueError(f"--cache-backend {od_config.cache_backend}: cache backends are not supported by the Helios core; leave it unset")
+    if od_config.lora_path:
+        raise ValueError(f"--lora-path {od_config.lora_path}: LoRA is not supported by the Helios core; leave it unset")
+    if od_config.enable_sleep_mode:
+        raise ValueError(f"--enable-sleep-mode: {SLEEP_REFUSAL.removesuffix('; the server keeps serving')}")
