@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence parallelism (run under torchrun)")
     g.add_argument("--ring-degree", type=int, default=1, help="Ring attention sequence parallelism (run under torchrun)")
     g.add_argument("--cfg-parallel", action="store_true", help="conditional/unconditional branches on two ranks (run under torchrun)")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="merge a LoRA adapter (safetensors file or folder) at SCALE (default 1); repeatable")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     g.add_argument("--output", default="output.mp4")
     g.add_argument("--output-latents", help="also save every latent frame to this .safetensors file")
@@ -204,20 +206,37 @@ def generate(args) -> None:
         raise CliError(f"--offload-slots: must be >= 1, got {args.offload_slots}")
     if args.vae_frames_per_call < 0:
         raise CliError(f"--vae-frames-per-call: must be >= 0 (0: a whole chunk per pass), got {args.vae_frames_per_call}")
-    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None)
+    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None, lora_specs(args.lora))
     if parallel.world_size > 1:
         run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, memory)
     else:
         run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, memory=memory)
 
 
+def lora_specs(values: list[str]) -> tuple[tuple[str, float], ...]:
+    """`--lora PATH[:SCALE]` values as (path, scale); paths checked before any weights load."""
+    from .lora import parse_lora_spec
+
+    specs = []
+    for value in values:
+        try:
+            path, scale = parse_lora_spec(value)
+        except ValueError as exc:
+            raise CliError(f"--lora: {exc}") from None
+        if not Path(path).exists():
+            raise CliError(f"--lora: {path}: no such file or folder")
+        specs.append((path, scale))
+    return tuple(specs)
+
+
 @dataclass(frozen=True)
 class Memory:
-    """How a run trades speed for device memory (see Helios.from_pretrained)."""
+    """How a run trades speed for device memory (see Helios.from_pretrained), and the LoRAs merged into the weights."""
 
     offload: str = "none"
     offload_slots: int = 2
     vae_frames_per_call: int | None = 1
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, memory: Memory) -> None:
@@ -248,6 +267,10 @@ def run(
 
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
                                     offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)
+    try:
+        helios.set_loras(memory.loras)
+    except CheckpointError as exc:
+        raise CliError(f"--lora: {exc}") from None
     try:
         session = helios.session(p, decode=writer, keep="latents" if writer and latents_path else None)
     except RequestError as exc:

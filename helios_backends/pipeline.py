@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -10,6 +10,7 @@ import torch
 from .config import PipelineConfig, SchedulerConfig
 from .loading import check_folder, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
 from .errors import CheckpointError
+from .lora import LoraSet
 from .offload import OFFLOAD_MODES, LayerOffload
 from .ops import default_ops
 from .parallel import ParallelGroups, SequenceParallelOps
@@ -46,6 +47,7 @@ class Helios:
         self.offload = offload
         self.layers = layers
         self.transformer = transformer
+        self.loras = LoraSet(transformer)
         # The sampler calls the denoiser; on CUDA it replays captured graphs of the transformer.
         self.denoiser = transformer
         if cuda_graphs and layers is None and transformer.device.type == "cuda" and parallel is None:
@@ -117,6 +119,14 @@ class Helios:
         text_encoder = TextEncoder.load(folder, dtype, text_device)
         vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
         return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers, probe)
+
+    def set_loras(self, adapters: Sequence[tuple[str | Path, float]]) -> None:
+        """Merge exactly these (path, scale) LoRA adapters into the weights; [] restores the base.
+
+        Call between requests: a running request keeps the text keys/values it projected.
+        A bad adapter raises CheckpointError naming it and leaves the weights as they were.
+        """
+        self.loras.apply(adapters)
 
     @property
     def device(self) -> torch.device:
