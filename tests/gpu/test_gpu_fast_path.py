@@ -108,3 +108,31 @@ def test_gpu_the_chunk_decoder_with_fused_norms_equals_diffusers_frame_by_frame_
     decoder, cache = WanChunkDecoder(vae, frames_per_pass=1), DecoderCache()
     got = torch.cat([decoder(z[:, :, :9], cache), decoder(z[:, :, 9:], cache)], 2)
     assert (got - want).abs().max().item() <= 1e-4, (got - want).abs().max().item()
+
+
+@pytest.mark.parametrize(("variant", "options"), [("base", ["--steps", "3", "--negative-prompt", "blurry", "--guidance-scale", "5"]),
+                                                   ("distilled", ["--pyramid-steps", "1", "1", "1"])])
+def test_gpu_helios_generate_on_cuda_writes_the_eager_cores_video(checkpoints, tmp_path, variant, options):
+    """The CLI as a user starts it, in a fresh process on the GPU (graphs, fused kernels, async decode, mp4)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from helios_backends.media_read import decode_mp4
+
+    folder, _ = checkpoints[variant]
+    out, saved = tmp_path / "out.mp4", tmp_path / "latents.safetensors"
+    command = [sys.executable, "-c", "import sys; from helios_backends.cli import main; sys.exit(main())", "generate",
+               "--model", str(folder), "--device", "cuda", "--prompt", "a red fox", "--height", str(HEIGHT), "--width", str(WIDTH),
+               "--num-frames", "66", "--seed", "3", "--output", str(out), "--output-latents", str(saved), *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    eager = Helios.from_pretrained(folder, device="cuda", dtype="float32", cuda_graphs=False, ops=TorchOps())
+    steps = dict(num_inference_steps=3, negative_prompt="blurry", guidance_scale=5.0) if variant == "base" else dict(pyramid_steps=(1, 1, 1))
+    req = GenerationRequest(prompt="a red fox", height=HEIGHT, width=WIDTH, num_frames=66, seed=3, **steps)
+    with eager.session(req, decode=False, keep="latents") as session:
+        session.run()
+        want = session.latents()
+    assert relative_error(load_file(saved)["latents"], want) <= 1e-4
+    assert decode_mp4(out).shape[0] == eager.plan(req).output_frames
