@@ -5,13 +5,17 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ftfy
 import torch
-from transformers import AutoTokenizer, UMT5EncoderModel
+
+if TYPE_CHECKING:  # transformers and ftfy load where a prompt is first encoded, not at import
+    from transformers import UMT5EncoderModel
 
 
 def clean_prompt(text: str) -> str:
+    import ftfy
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
 
@@ -23,6 +27,8 @@ class TextEncoder:
 
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype, device: torch.device) -> "TextEncoder":
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
         encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(device)
         return cls(tokenizer, encoder.eval().requires_grad_(False))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKLWan
 
-from .wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
+if TYPE_CHECKING:  # diffusers loads with the VAE, not when the core is imported
+    from diffusers import AutoencoderKLWan
+
+    from .wan_decoder import DecoderCache
 
 
 class WanVAE:
@@ -27,6 +30,8 @@ class WanVAE:
     spatial_factor = 8
 
     def __init__(self, model: AutoencoderKLWan, channels_last: bool | None = None, frames_per_call: int | None = 1):
+        from .wan_decoder import WanChunkDecoder, to_channels_last
+
         self.model = model
         channels_last = model.device.type == "cuda" if channels_last is None else channels_last
         if channels_last:
@@ -41,6 +46,8 @@ class WanVAE:
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, channels_last: bool | None = None,
              frames_per_call: int | None = 1) -> "WanVAE":
+        from diffusers import AutoencoderKLWan
+
         model = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
         return cls(model.eval().requires_grad_(False), channels_last, frames_per_call)
 

@@ -1,0 +1,23 @@
+"""What importing the core's entry points loads: the heavy model libraries wait for a model.
+
+transformers (the UMT5 encoder) and diffusers (the Wan VAE) take seconds to import; the CLI's
+argument checks, `--help` and the engines' request checks need neither, so they load with the
+text encoder and the VAE (issue 24's cold start; its timing lives in bench/, not here).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("transformers", "diffusers")
+
+
+@pytest.mark.parametrize("module", ["helios_backends.pipeline", "helios_backends.cli", "helios_backends.session"])
+def test_importing_an_entry_point_loads_neither_transformers_nor_diffusers(module):
+    script = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
