@@ -91,7 +91,7 @@ class HeliosCorePipeline(ComposedPipelineBase):
 
     def load_modules(self, server_args: ServerArgs, loaded_modules=None) -> dict:
         """One `Helios` from the folder, in the precisions of the pipeline config, on SGLang's
-        process groups (sglang_plugin.parallel) with SGLang's offload settings (sglang_plugin.offload)."""
+        process groups (helios_sglang.parallel) with SGLang's offload settings (helios_sglang.offload)."""
         folder = maybe_download_model(self.model_path, force_diffusers_model=True, revision=server_args.revision)
         self.model_path = folder
         config = server_args.pipeline_config

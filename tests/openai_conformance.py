@@ -24,7 +24,7 @@ import openai
 import pytest
 from PIL import Image
 
-from bench.launch import free_port
+from helios_harness.launch import free_port
 from helios_backends.video import Mp4Writer, decode_mp4
 
 HEIGHT, WIDTH = 64, 128

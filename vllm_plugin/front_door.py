@@ -3,7 +3,7 @@
 vLLM-Omni's `/v1/videos` form fetches `image_reference` / `video_reference` URLs in the API server
 and takes options the Helios core has no counterpart for (LoRA, frame interpolation with a model
 path, a second guidance scale ...); unknown form fields are dropped by FastAPI. `refused_form_field`
-names the first such field of a form; `HeliosRequestCheck` (vllm_plugin.http) answers it with 400.
+names the first such field of a form; `HeliosRequestCheck` (helios_vllm.http) answers it with 400.
 `/v1/omni/sleep` would park the engine (sleep needs vLLM's CUDA sleep allocator, which the core's
 weights do not live in), so `SLEEP_ROUTES` are refused there too, and the server keeps serving.
 

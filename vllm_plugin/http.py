@@ -8,7 +8,7 @@ answer 400 naming the field:
 
     vllm serve DIR --omni --middleware helios_vllm.http.HeliosRequestCheck
 
-It is also the front door (vllm_plugin.front_door): a form field that names a URL, an option
+It is also the front door (helios_vllm.front_door): a form field that names a URL, an option
 the core lacks or no field at all is refused the same way, `/v1/omni/sleep` and `/wakeup` are
 refused while the server keeps serving, and a failed job reads back as 200 with
 `status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect).

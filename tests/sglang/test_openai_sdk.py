@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from bench.launch import Http, Launched, free_port, wait_ready
+from helios_harness.launch import Http, Launched, free_port, wait_ready
 from tests import openai_conformance as spec
 
 from .conftest import START_TIMEOUT_S, engine_env, start_server
@@ -129,7 +129,7 @@ def test_python_m_sglang_launch_server_serves_a_helios_folder(tiny_folders, fp32
 
 
 def test_the_launch_route_leaves_every_other_model_to_the_llm_server(tmp_path):
-    from sglang_plugin.launch_route import route_helios_folder
+    from helios_sglang.launch_route import route_helios_folder
 
     other = tmp_path / "llm"
     other.mkdir()
@@ -141,4 +141,4 @@ def test_the_launch_route_leaves_every_other_model_to_the_llm_server(tmp_path):
 def test_the_launch_route_is_an_installed_srt_plugin():
     script = "from importlib.metadata import entry_points; print([e.value for e in entry_points(group='sglang.srt.plugins')])"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=engine_env(), timeout=60)
-    assert "sglang_plugin.launch_route:register" in result.stdout, result.stderr
+    assert "helios_sglang.launch_route:register" in result.stdout, result.stderr

@@ -11,8 +11,8 @@ from helios_backends.request import REQUEST_FIELDS, GenerationRequest
 
 
 def test_a_string_false_is_false_and_maybe_is_refused_with_the_cores_own_error():
-    from sglang_plugin.configs import HeliosCoreSamplingParams
-    from sglang_plugin.request_mapping import to_generation_request
+    from helios_sglang.configs import HeliosCoreSamplingParams
+    from helios_sglang.request_mapping import to_generation_request
 
     params = HeliosCoreSamplingParams(prompt="a fox", is_amplify_first_chunk="false", pyramid_steps="[1, 1, 1]")
     request = to_generation_request(params, explicit_fields=set())
@@ -25,8 +25,8 @@ def test_a_string_false_is_false_and_maybe_is_refused_with_the_cores_own_error()
 
 
 def test_the_sampling_params_carry_every_request_field_and_declare_the_helios_ones_as_http_fields():
-    from sglang_plugin.configs import HeliosCoreSamplingParams
-    from sglang_plugin.request_mapping import SHARED_FIELDS
+    from helios_sglang.configs import HeliosCoreSamplingParams
+    from helios_sglang.request_mapping import SHARED_FIELDS
 
     assert set(REQUEST_FIELDS) <= {f.name for f in dataclasses.fields(HeliosCoreSamplingParams)}
     assert HeliosCoreSamplingParams.video_request_extra_fields() == set(REQUEST_FIELDS) - SHARED_FIELDS - {"prompt", "seed"}

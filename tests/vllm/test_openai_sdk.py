@@ -14,7 +14,7 @@ from tests import openai_conformance as spec
 
 from .conftest import start_server
 
-MIDDLEWARE = ("--middleware", "vllm_plugin.http.HeliosRequestCheck")
+MIDDLEWARE = ("--middleware", "helios_vllm.http.HeliosRequestCheck")
 STEPS = {"pyramid_steps": [1, 1, 1]}
 
 
@@ -94,7 +94,7 @@ def test_sleep_and_wakeup_are_refused_and_the_server_keeps_serving(served):
 def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_folders):
     from vllm_omni.diffusion.data import OmniDiffusionConfig
 
-    from vllm_plugin.front_door import check_engine_options
+    from helios_vllm.front_door import check_engine_options
 
     for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"cache_backend": "tea_cache"}, "--cache-backend"),
                            ({"lora_path": "/tmp/lora"}, "--lora-path"), ({"enable_sleep_mode": True}, "--enable-sleep-mode")):

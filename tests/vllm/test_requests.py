@@ -7,7 +7,7 @@ from vllm_omni.inputs.data import OmniDiffusionSamplingParams
 
 from helios_backends.errors import RequestError
 from helios_backends.request import REQUEST_FIELDS, GenerationRequest
-from vllm_plugin.requests import HELIOS_EXTRA_PARAMS, SAMPLING_FIELDS, to_generation_request
+from helios_vllm.requests import HELIOS_EXTRA_PARAMS, SAMPLING_FIELDS, to_generation_request
 
 
 def test_a_string_false_is_false_and_maybe_is_refused_with_the_cores_own_error():
@@ -45,7 +45,7 @@ def test_the_http_check_gives_the_cores_errors_and_refuses_helios_options_outsid
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from vllm_plugin.http import HeliosRequestCheck
+    from helios_vllm.http import HeliosRequestCheck
 
     async def queued(request):
         return PlainTextResponse("queued")
