@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-noise-sigma", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.111, 0.135))
     g.add_argument("--video-noise-sigma", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.111, 0.135))
     g.add_argument("--prompt-schedule", help="CSV 'start_chunk,prompt': interactive prompts")
+    g.add_argument("--prompts-from", metavar="FILE|-",
+                   help="live prompt changes, one line each, taken one per chunk boundary in order ('-': stdin, read as the video streams)")
     g.add_argument("--interpolation-steps", type=int, default=3, help="chunks over which a scheduled prompt blends in")
     g.add_argument("--max-sequence-length", type=int)
     g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or npu[:N] (under torchrun: cuda means cuda:LOCAL_RANK)")
@@ -207,10 +211,50 @@ def generate(args) -> None:
     if args.vae_frames_per_call < 0:
         raise CliError(f"--vae-frames-per-call: must be >= 0 (0: a whole chunk per pass), got {args.vae_frames_per_call}")
     memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None, lora_specs(args.lora))
+    if args.prompts_from == "-" and parallel.world_size > 1:
+        raise CliError("--prompts-from: '-' (stdin) reaches one rank only under torchrun; give a file every rank reads")
+    changes = LivePrompts.open(args.prompts_from) if args.prompts_from else None
     if parallel.world_size > 1:
-        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, memory)
+        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, memory, changes)
     else:
-        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, memory=memory)
+        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, memory=memory, changes=changes)
+
+
+class LivePrompts:
+    """Prompt changes read from a file or stdin, handed out one per chunk boundary in order.
+
+    A file is read whole before the run, so its line i takes over at chunk i + 1 on every rank, the
+    same video as a schedule; stdin is read on a thread while the video streams, and each line takes
+    the first chunk boundary after it arrives. Blank lines are skipped.
+    """
+
+    def __init__(self):
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    @classmethod
+    def open(cls, source: str) -> "LivePrompts":
+        live = cls()
+        if source == "-":
+            threading.Thread(target=live._read, args=(sys.stdin,), daemon=True, name="helios-prompts").start()
+            return live
+        try:
+            with open(source) as f:
+                live._read(f)
+        except OSError as exc:
+            raise CliError(f"--prompts-from: cannot read {source}: {exc.strerror}") from None
+        return live
+
+    def _read(self, lines) -> None:
+        for line in lines:
+            if line.strip():
+                self._lines.put(line.strip())
+
+    def next(self) -> str | None:
+        """The next change, or None when none has arrived."""
+        try:
+            return self._lines.get_nowait()
+        except queue.Empty:
+            return None
 
 
 def lora_specs(values: list[str]) -> tuple[tuple[str, float], ...]:
@@ -239,7 +283,7 @@ class Memory:
     loras: tuple[tuple[str, float], ...] = ()
 
 
-def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, memory: Memory) -> None:
+def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, memory: Memory, changes=None) -> None:
     """Under torchrun: every rank denoises its share; rank 0 decodes and writes the files."""
     import torch.distributed as dist
 
@@ -248,14 +292,15 @@ def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     try:
         groups = ParallelGroups.from_world(parallel)
-        run(folder, p, device, dtype, out, fps, latents_path, groups, writer=dist.get_rank() == 0, memory=memory)
+        run(folder, p, device, dtype, out, fps, latents_path, groups, writer=dist.get_rank() == 0, memory=memory,
+            changes=changes)
     finally:
         dist.destroy_process_group()
 
 
 def run(
     folder: Path, p, device, dtype, out: Path, fps: int, latents_path: str | None, groups=None, writer: bool = True,
-    memory: Memory = Memory(),
+    memory: Memory = Memory(), changes: LivePrompts | None = None,
 ) -> None:
     import contextlib
 
@@ -280,6 +325,10 @@ def run(
     def progress(s) -> None:
         bar.set_description(f"chunk {s.chunk + 1}/{p.num_chunks}", refresh=False)
         bar.update()
+        if changes is not None and s.generation.chunk_denoised:  # a chunk boundary: the next chunk takes it
+            prompt = changes.next()
+            if prompt is not None:
+                s.change_prompt(prompt)
 
     mp4 = Mp4Writer(out, p.width, p.height, fps) if writer else contextlib.nullcontext()
     with mp4, session:

@@ -83,18 +83,19 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, zero_star: boo
     return uncond * s + scale * (cond - uncond * s)
 
 
-def interpolated_prompt(embeds: torch.Tensor, starts: list[int], chunk: int, steps: int) -> torch.Tensor:
-    """Interactive mode: a new prompt, scheduled or live, blends in from the previous one over `steps` chunks.
+def interpolated_prompt(embeds: torch.Tensor, starts: list[int], chunk: int, steps: list[int]) -> torch.Tensor:
+    """Interactive mode: a new prompt, scheduled or live, blends in from the previous one over its `steps` chunks.
 
     Upstream lerps with weights linspace(0, 1, steps), so a prompt's own start chunk still shows
     only the old prompt; here the weight is (p + 1) / steps for the p-th chunk of the prompt, so
-    the new prompt acts from the chunk it was scheduled at and is whole `steps - 1` chunks later.
+    the new prompt acts from the chunk it was scheduled at and is whole `steps - 1` chunks later
+    (vLLM-Omni's transition_chunks count the same way). steps[j] is prompt j's blend length.
     """
     j = max(i for i, s in enumerate(starts) if s <= chunk)
     into = chunk - starts[j]
-    if j == 0 or into >= steps - 1:
+    if j == 0 or into >= steps[j] - 1:
         return embeds[j : j + 1]
-    return torch.lerp(embeds[j - 1 : j], embeds[j : j + 1], (into + 1) / steps)
+    return torch.lerp(embeds[j - 1 : j], embeds[j : j + 1], (into + 1) / steps[j])
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ class Generation:
         # later the live changes (set_prompt). One prompt keeps one context for every chunk.
         self.prompt_starts = [s.start_chunk for s in plan.prompt_schedule] if plan.prompt_schedule else [0]
         self.prompt_text = self.text
-        self._live_prompt: torch.Tensor | None = None
+        self.prompt_steps = [plan.interpolation_steps] * len(self.prompt_starts)  # each prompt's blend length
+        self._live_prompt: tuple[torch.Tensor, int] | None = None
         self._prompt_lock = threading.Lock()
         with torch.no_grad():
             self.context = transformer.encode_text(self.text) if len(self.prompt_starts) == 1 else None
@@ -201,27 +203,33 @@ class Generation:
             raise RuntimeError("cancel: not available with parallel groups: the ranks would stop at different steps")
         self._cancelled = True
 
-    def set_prompt(self, text: torch.Tensor) -> None:
+    def set_prompt(self, text: torch.Tensor, transition_chunks: int | None = None) -> None:
         """A live prompt change: `text` (1, S, D) takes over at the next chunk to begin, blending in
-        from the current prompt over `interpolation_steps` chunks as a scheduled prompt does.
+        from the current prompt over `transition_chunks` chunks (default: the request's
+        interpolation_steps) as a scheduled prompt does; 0 or 1 switch at once.
         Safe to call from another thread; a second call before that chunk replaces the first."""
         if self.plan.batch_size != 1:
             raise RequestError("prompt", f"a live prompt change needs a request of one video, this one makes {self.plan.batch_size}")
         if text.shape[0] != 1 or text.shape[1:] != self.text.shape[1:]:
             raise ValueError(f"set_prompt: text must be (1, {', '.join(map(str, self.text.shape[1:]))}), got {tuple(text.shape)}")
+        steps = self.plan.interpolation_steps if transition_chunks is None else transition_chunks
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise RequestError("transition_chunks", f"must be an integer >= 0, got {transition_chunks!r}")
         with self._prompt_lock:
-            self._live_prompt = text.to(self.device, self.dtype)
+            self._live_prompt = (text.to(self.device, self.dtype), steps)
 
     def _take_live_prompt(self, chunk: int) -> None:
         """Enter a pending live prompt into the prompt list as starting at `chunk`."""
         with self._prompt_lock:
-            text, self._live_prompt = self._live_prompt, None
-        if text is None:
+            live, self._live_prompt = self._live_prompt, None
+        if live is None:
             return
+        text, steps = live
         keep = [i for i, s in enumerate(self.prompt_starts) if s < chunk]  # a prompt starting here too is replaced
         later = [i for i, s in enumerate(self.prompt_starts) if s > chunk]
         self.prompt_starts = [self.prompt_starts[i] for i in keep] + [chunk] + [self.prompt_starts[i] for i in later]
         self.prompt_text = torch.cat([self.prompt_text[keep], text, self.prompt_text[later]])
+        self.prompt_steps = [self.prompt_steps[i] for i in keep] + [steps] + [self.prompt_steps[i] for i in later]
         self.context = None  # each chunk encodes its own prompt from now on; frees the graph text slot
 
     def close(self) -> None:
@@ -263,7 +271,7 @@ class Generation:
         self._history = History(short.to(self.dtype), mid.to(self.dtype), long.to(self.dtype))
         self._take_live_prompt(k)
         if self.context is None:  # prompts change over the chunks: each chunk encodes its own
-            self.chunk_text = interpolated_prompt(self.prompt_text, self.prompt_starts, k, plan.interpolation_steps)
+            self.chunk_text = interpolated_prompt(self.prompt_text, self.prompt_starts, k, self.prompt_steps)
             self._context = None  # the last chunk's context is freed first: its graph slot is reused
             self._context = self.transformer.encode_text(self.chunk_text.expand(b, -1, -1))
         else:

@@ -196,13 +196,14 @@ class Session:
 
     # -- control ----------------------------------------------------------------------------------
 
-    def change_prompt(self, prompt: str) -> None:
+    def change_prompt(self, prompt: str, transition_chunks: int | None = None) -> None:
         """Take `prompt` from the next chunk boundary on, blending in from the current prompt over
-        the request's interpolation_steps chunks, as a scheduled prompt does. Under CFG the
-        negative prompt stays. Thread-safe: the prompt is encoded on the calling thread."""
+        `transition_chunks` chunks (default: the request's interpolation_steps), as a scheduled
+        prompt does. Under CFG the negative prompt stays. Thread-safe: the prompt is encoded on
+        the calling thread."""
         with torch.no_grad():
             text = self.helios.encode_prompts([prompt], self.plan.max_sequence_length)
-        self.generation.set_prompt(text)
+        self.generation.set_prompt(text, transition_chunks)
 
     def cancel(self) -> None:
         """Stop at the next step with GenerationCancelled; safe from another thread."""

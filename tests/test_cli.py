@@ -26,10 +26,11 @@ def tiny_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("helios-cache")
 
 
-def run_cli(tmp_path, *args, cache=None) -> subprocess.CompletedProcess:
+def run_cli(tmp_path, *args, cache=None, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HELIOS_CACHE": str(cache or tmp_path / "cache")}
     helios = Path(sys.executable).with_name("helios")
-    return subprocess.run([str(helios), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(helios), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                          input=stdin)
 
 
 def cli_error(capsys, *argv) -> str:
@@ -100,6 +101,37 @@ def test_prompt_schedule_file_drives_interactive_prompts(checkpoints, tmp_path):
     assert decode_mp4(tmp_path / "lake.mp4").shape[0] == 65
 
 
+def _lake_latents(tmp_path, folder, name, *options) -> torch.Tensor:
+    assert main(["generate", "--model", str(folder), *options, "--interpolation-steps", "2", "--height", str(HEIGHT),
+                 "--width", str(WIDTH), "--num-frames", "99", "--pyramid-steps", "1", "1", "1",
+                 "--output", str(tmp_path / f"{name}.mp4"), "--output-latents", str(tmp_path / f"{name}.safetensors")]) == 0
+    return load_file(tmp_path / f"{name}.safetensors")["latents"]
+
+
+def test_prompts_from_a_file_change_one_chunk_boundary_per_line_as_the_schedule_does(checkpoints, tmp_path):
+    folder, _ = checkpoints["distilled"]
+    (tmp_path / "schedule.csv").write_text("start_chunk,prompt\n0,a calm lake\n1,a storm over the lake\n2,a frozen lake\n")
+    (tmp_path / "changes.txt").write_text("a storm over the lake\n\na frozen lake\n")  # blank lines are skipped
+    scheduled = _lake_latents(tmp_path, folder, "scheduled", "--prompt-schedule", str(tmp_path / "schedule.csv"))
+    live = _lake_latents(tmp_path, folder, "live", "--prompt", "a calm lake", "--prompts-from", str(tmp_path / "changes.txt"))
+    unchanged = _lake_latents(tmp_path, folder, "unchanged", "--prompt", "a calm lake")
+    assert torch.equal(live, scheduled)
+    assert not torch.equal(live, unchanged)
+
+
+def test_prompts_from_stdin_change_the_video_while_it_streams(tiny_cache, tmp_path):
+    """A line piped in before the first chunk ends takes over at chunk 1, as a schedule starting there."""
+    common = ["generate", "--height", str(HEIGHT), "--width", str(WIDTH), "--num-frames", "66", "--pyramid-steps", "1", "1", "1"]
+    (tmp_path / "schedule.csv").write_text("start_chunk,prompt\n0,a fox\n1,a fox in a storm\n")
+    scheduled = run_cli(tmp_path, *common, "--prompt-schedule", "schedule.csv", "--output", "s.mp4",
+                        "--output-latents", "s.safetensors", cache=tiny_cache)
+    live = run_cli(tmp_path, *common, "--prompt", "a fox", "--prompts-from", "-", "--output", "l.mp4",
+                   "--output-latents", "l.safetensors", cache=tiny_cache, stdin="a fox in a storm\n")
+    assert scheduled.returncode == live.returncode == 0, live.stderr
+    assert torch.equal(load_file(tmp_path / "l.safetensors")["latents"], load_file(tmp_path / "s.safetensors")["latents"])
+    assert decode_mp4(tmp_path / "l.mp4").shape[0] == 65
+
+
 def test_bad_options_give_one_line_naming_the_option(checkpoints, capsys, tmp_path):
     folder, _ = checkpoints["distilled"]
     m = ["generate", "--model", str(folder), "--prompt", "x"]
@@ -117,6 +149,7 @@ def test_bad_options_give_one_line_naming_the_option(checkpoints, capsys, tmp_pa
         assert "--device: device 'cuda': no CUDA GPU is available" in cli_error(capsys, *m, "--device", "cuda")
     assert "--device: device 'npu'" in cli_error(capsys, *m, "--device", "npu")
     assert "--vae-frames-per-call: must be >= 0" in cli_error(capsys, *m, "--vae-frames-per-call", "-1")
+    assert "--prompts-from: cannot read" in cli_error(capsys, *m, "--prompts-from", str(tmp_path / "missing.txt"))
     assert not list(tmp_path.glob("*.mp4.partial"))
 
 

@@ -85,8 +85,10 @@ def test_same_seed_same_latents_and_a_different_seed_differs(cores):
 def test_prompt_interpolation_blends_into_the_next_prompt_over_the_given_chunks():
     embeds = torch.stack([torch.zeros(2, 3), torch.ones(2, 3)])
     starts = [0, 2]
-    weights = [interpolated_prompt(embeds, starts, k, steps=3).mean().item() for k in range(6)]
+    weights = [interpolated_prompt(embeds, starts, k, steps=[3, 3]).mean().item() for k in range(6)]
     assert weights == pytest.approx([0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0])
+    sharp = [interpolated_prompt(embeds, starts, k, steps=[3, 0]).mean().item() for k in range(4)]
+    assert sharp == [0.0, 0.0, 1.0, 1.0]  # each prompt blends over its own length
 
 
 def test_interactive_schedule_changes_the_prompt_at_its_chunk(cores):

@@ -129,6 +129,23 @@ def test_a_live_prompt_change_equals_a_schedule_starting_the_prompt_at_that_chun
     assert torch.equal(live[0], unchanged[0]) and not torch.equal(live[1], unchanged[1])
 
 
+def test_a_live_change_blends_over_its_own_transition_chunks_as_a_schedule_of_that_length(cores):
+    core = cores["distilled"]
+    schedule = [PromptSegment(0, "a boat"), PromptSegment(1, "a storm at sea")]
+    scheduled = [c.latents for c in core.session(request(prompt=None, prompt_schedule=schedule, num_frames=132, interpolation_steps=3),
+                                                 decode=False)]
+    live = []
+    with core.session(request(prompt="a boat", num_frames=132, interpolation_steps=1), decode=False) as session:
+        for chunk in session:
+            live.append(chunk.latents)
+            if chunk.index == 0:
+                session.change_prompt("a storm at sea", transition_chunks=3)
+    assert all(torch.equal(a, b) for a, b in zip(live, scheduled, strict=True))
+    with core.session(request(num_frames=33), decode=False) as session:
+        with pytest.raises(RequestError, match="transition_chunks: must be an integer >= 0, got -1"):
+            session.change_prompt("a storm", transition_chunks=-1)
+
+
 def test_a_live_prompt_change_in_step_wise_driving_takes_the_next_chunk(cores):
     core = cores["distilled"]
     schedule = [PromptSegment(0, "a boat"), PromptSegment(1, "a storm at sea")]

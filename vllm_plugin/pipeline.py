@@ -19,6 +19,9 @@ from torch import nn
 from vllm_omni.diffusion.cancellation import check_request_cancellation
 from vllm_omni.diffusion.data import DiffusionOutput, OmniDiffusionConfig
 from vllm_omni.diffusion.distributed.utils import get_local_device
+from vllm_omni.diffusion.interaction.mixin import InteractionMixin
+from vllm_omni.diffusion.interaction.modality_handlers.prompt import PromptSession
+from vllm_omni.diffusion.interaction.types import ChunkMediaSpec
 from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
 from vllm_omni.errors import OmniClientError
 from vllm.logger import init_logger
@@ -26,7 +29,7 @@ from vllm.logger import init_logger
 from helios_backends.errors import GenerationTimeout, RequestError
 from helios_backends.loading import FolderConfigs, plan_for_folder, read_configs
 from helios_backends.media_read import MAX_VIDEO_FRAMES
-from helios_backends.config import uses_cfg_by_default
+from helios_backends.config import VARIANT_DEFAULTS, uses_cfg_by_default
 from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_parallel_config
 from helios_backends.pipeline import Helios
 from helios_backends.session import Session
@@ -203,12 +206,14 @@ def timeout_as_408():
         raise OmniClientError(f"Helios request: {exc}", status_code=408) from None
 
 
-class HeliosCorePipeline(nn.Module):
+class HeliosCorePipeline(nn.Module, InteractionMixin):
     """vLLM-Omni pipeline for the `HeliosPipeline` / `HeliosPyramidPipeline` architectures.
 
     Request mode (`forward`) runs a whole request; step mode (`prepare_encode`, `denoise_step`,
     `step_scheduler`, `post_decode`) lets the engine interleave requests step by step and, with
     `--diffusion-streaming-output`, hand out every chunk as soon as the core has decoded it.
+    Streaming requests take live prompt changes (`session.interaction` on the realtime websocket)
+    through vLLM-Omni's interaction contract (`encode_prompt`, the chunk-boundary hooks).
     """
 
     supports_step_execution: ClassVar[bool] = True
@@ -240,6 +245,10 @@ class HeliosCorePipeline(nn.Module):
         self.transformer = self.helios.transformer
         self.text_encoder = self.helios.text_encoder.encoder
         self.vae = self.helios.vae.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.helios.device
 
     @classmethod
     def reference_video_decode_spec(cls, *, num_frames: int | None, extra_args: dict) -> ReferenceVideoDecodeSpec:
@@ -313,6 +322,8 @@ class HeliosCorePipeline(nn.Module):
         state.total_chunks = session.plan.num_chunks
         state.chunk_index = 0
         state.do_true_cfg = False  # the core applies CFG itself; the runner must not batch it
+        # The engine's prompt handler takes live changes only once a request has prompt embeddings.
+        state.prompt_embeds = session.generation.prompt_text[:1]
         state.latents = torch.zeros(session.plan.batch_size, 1)
         self._set_step_window(state, session, 0)
         return state
@@ -351,3 +362,41 @@ class HeliosCorePipeline(nn.Module):
             total_chunks=state.total_chunks,
             finished=session.done,
         )
+
+    # -- live prompt changes (vLLM-Omni's interaction contract) -----------------------------------
+    # The engine's PromptInteractionHandler encodes a `session.interaction` prompt with
+    # `encode_prompt` when it arrives and starts it at the next chunk boundary; the blend itself is
+    # the core's (the session's prompt list), so a change that starts at chunk k makes the video
+    # of the prompt schedule that starts it there with the same transition. The handler's own
+    # blended `state.prompt_embeds` is its bookkeeping and is not read.
+
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str | None = None, do_classifier_free_guidance: bool = False,
+        num_videos_per_prompt: int = 1, max_sequence_length: int | None = None, device=None, dtype=None,
+    ) -> tuple[torch.Tensor, None]:
+        """(1, S, D) states of a live prompt; the handler asks for no negative prompt (the request's stays)."""
+        if negative_prompt is not None or do_classifier_free_guidance or num_videos_per_prompt != 1:
+            raise ValueError("a live prompt change takes the prompt only: the request's negative prompt and video count stay")
+        length = max_sequence_length or VARIANT_DEFAULTS[self.helios.variant].max_sequence_length
+        with torch.no_grad():
+            return self.helios.encode_prompts([prompt], length), None
+
+    def peek_chunk_media(self, state) -> ChunkMediaSpec:
+        """The upcoming chunk's extent, for timeline modalities (the prompt handler needs none)."""
+        session: Session = state.extra["helios"]
+        fps = state.sampling.fps
+        if fps is None or fps <= 0:
+            raise ValueError(f"sampling.fps: must be > 0 for a chunk media timeline, got {fps!r}")
+        return ChunkMediaSpec(num_media_frames=session.generation.frames_to_keep(state.chunk_index), fps=float(fps),
+                              num_latent_frames=session.plan.chunk_frames)
+
+    def apply_interaction_at_chunk_boundary(self, state) -> None:
+        """The engine's handlers advance their events; a prompt event started here goes to the core,
+        which takes it at the chunk the session begins next."""
+        super().apply_interaction_at_chunk_boundary(state)
+        started = state.interaction_chunk_metadata.started_event_ids if state.interaction_chunk_metadata else []
+        track = state.interaction_sessions.get("prompt")
+        if isinstance(track, PromptSession) and track.active_event is not None and track.active_event.event_id in started:
+            event = track.active_event
+            session: Session = state.extra["helios"]
+            session.generation.set_prompt(event.target_prompt_embeds, event.transition_chunks)

@@ -46,3 +46,59 @@ def test_streaming_server_refuses_a_bad_request_naming_the_field(server):
     good = {"prompt": "a fox", "width": WIDTH, "height": HEIGHT, "num_frames": 33, "seed": 1, "extra_params": FAST}
     chunks, _, (_, done) = asyncio.run(realtime_session(url, good, timeout=120))
     assert done["type"] == "session.done" and len(chunks) == 1
+
+
+def _frames(data: bytes) -> np.ndarray:
+    with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
+        f.write(data)
+        f.flush()
+        return decode_mp4(f.name)
+
+
+def test_a_live_prompt_change_makes_the_video_of_the_schedule_starting_at_its_chunk(server):
+    """session.interaction after chunk 0: the engine reports the chunk it started at, and the video
+    equals the one of a prompt schedule starting there, blended over transition_chunks as
+    interpolation_steps (an unchanged video differs from that chunk on)."""
+    url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
+    start = {"prompt": "a fox", "width": WIDTH, "height": HEIGHT, "num_frames": 132, "seed": 4, "extra_params": FAST}
+    change = {"type": "session.interaction",
+              "interaction": {"event_id": "storm", "event": {"prompt": "a fox in a storm"}, "transition_chunks": 2}}
+    replies = []
+    chunks, live, (_, done) = asyncio.run(realtime_session(url, start, timeout=120, after_chunk={0: [change]}, replies=replies))
+    assert done["type"] == "session.done" and len(chunks) == 4, (done, replies)
+    assert {"type": "session.interaction.queued", "request_id": done["request_id"], "event_id": "storm"} in replies
+    (k,) = [event["generation_chunk_index"] for _, event in chunks if "storm" in event["started_event_ids"]]
+    assert k >= 1
+
+    schedule = {"prompt_schedule": [{"start_chunk": 0, "prompt": "a fox"}, {"start_chunk": k, "prompt": "a fox in a storm"}],
+                "interpolation_steps": 2}
+    scheduled = {**start, "extra_params": {**FAST, **schedule}}
+    _, by_schedule, (_, done) = asyncio.run(realtime_session(url, scheduled, timeout=120))
+    _, unchanged, _ = asyncio.run(realtime_session(url, start, timeout=120))
+    live, by_schedule, unchanged = _frames(live), _frames(by_schedule), _frames(unchanged)
+    assert np.array_equal(live, by_schedule)
+    assert np.array_equal(live[: 33 * k], unchanged[: 33 * k]) and not np.array_equal(live[33 * k :], unchanged[33 * k :])
+
+
+def test_a_new_negative_prompt_in_a_live_change_is_refused_and_the_stream_goes_on(server):
+    url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
+    start = {"prompt": "a fox", "width": WIDTH, "height": HEIGHT, "num_frames": 99, "seed": 4, "extra_params": FAST}
+    negative = {"type": "session.interaction",
+                "interaction": {"event_id": "neg", "event": {"prompt": "a storm", "negative_prompt": "blur"}}}
+    replies = []
+    chunks, _, (_, done) = asyncio.run(realtime_session(url, start, timeout=120, after_chunk={0: [negative]}, replies=replies))
+    assert done["type"] == "session.done" and len(chunks) == 3, (done, replies)
+    assert [r["message"] for r in replies if r["type"] == "error"] == ["session.interaction negative_prompt is not supported in this release"]
+    assert all(not event["started_event_ids"] for _, event in chunks)
+
+
+def test_media_in_a_live_change_is_refused_naming_the_modality(server):
+    """vLLM-Omni 0.30 ends a request whose workers refuse an interaction (any pipeline): the error
+    names the modality Helios has no handler for."""
+    url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
+    start = {"prompt": "a fox", "width": WIDTH, "height": HEIGHT, "num_frames": 99, "seed": 4, "extra_params": FAST}
+    media = {"type": "session.interaction",
+             "interaction": {"event_id": "img", "event": {"multi_modal_data": {"image": {"url": "x"}}}}}
+    replies = []
+    _, _, (_, done) = asyncio.run(realtime_session(url, start, timeout=120, after_chunk={0: [media]}, replies=replies))
+    assert done["type"] == "error" and "interaction modality 'image' is not supported" in done["message"], (done, replies)
