@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from helios_harness.launch import free_port
-from helios_backends.video import Mp4Writer, decode_mp4
+from helios_backends.media_read import decode_mp4
+from helios_backends.media_write import Mp4Writer
 
 HEIGHT, WIDTH = 64, 128
 POLL_MS = 200
