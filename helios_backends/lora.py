@@ -256,6 +256,8 @@ class LoraSet:
         merged set as it was.
         """
         wanted = [(str(path), float(scale)) for path, scale in adapters]
+        if tuple(wanted) == self.active:  # servers ask for their set before every request
+            return
         loaded = {path: self._adapters.get(path) or read_adapter(path, self.transformer) for path, _ in wanted}
         targets: dict[str, torch.Tensor | None] = {}  # parameter -> replacement (or None: base)
         for path, _ in wanted:
