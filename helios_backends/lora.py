@@ -35,7 +35,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .config import TransformerConfig
 from .errors import CheckpointError
+from .transformer import HeliosTransformer
 
 UPSTREAM_WEIGHTS = "pytorch_lora_weights.safetensors"
 UPSTREAM_PARTIAL = "transformer_partial.pth"
@@ -223,6 +225,14 @@ def read_adapter(path: str | Path, transformer: nn.Module) -> Adapter:
     if not updates and not replacements:
         raise CheckpointError(f"LoRA {name}: no LoRA tensors in {weights.name}")
     return Adapter(name, updates, replacements)
+
+
+def check_adapter(path: str | Path, config: TransformerConfig) -> None:
+    """Read and check one adapter against a transformer config, no weights needed: a server checks
+    a request's adapter this way before queueing it. CheckpointError names adapter and key."""
+    with torch.device("meta"):
+        transformer = HeliosTransformer(config)
+    read_adapter(path, transformer)
 
 
 def _locate(transformer: nn.Module, param: str) -> tuple[torch.Tensor, slice]:

@@ -32,7 +32,7 @@ from helios_backends.pipeline import Helios
 from helios_backends.session import Session
 
 from .front_door import check_engine_options
-from .lora import FIELD as LORA_FIELD, request_loras, startup_loras
+from .lora import FIELD as LORA_FIELD, adapter_error, check_request_loras, request_loras, startup_loras
 from .requests import to_generation_request
 
 # Under vllm_omni's logger, which vLLM-Omni hangs under vLLM's: worker logs show it.
@@ -176,6 +176,7 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
             if step_mode and loras != default_loras:
                 # Step mode interleaves requests' steps; switching weights would change another's run.
                 raise RequestError(LORA_FIELD, "a per-request LoRA needs request mode (this server runs step mode); use the server's --lora-path set")
+            check_request_loras(sampling.lora_request, loras, configs.transformer)
             for name in ("timesteps", "sigmas"):
                 if getattr(sampling, name) is not None:
                     raise RequestError(name, "custom schedules are not accepted; Helios' schedule comes from its scheduler config")
@@ -275,7 +276,7 @@ class HeliosCorePipeline(nn.Module):
             try:
                 self.helios.set_loras(request_loras(sampling.lora_request, sampling.lora_scale, self.default_loras))
             except CheckpointError as exc:  # the weights stay as they were; the next request runs
-                raise RequestError(LORA_FIELD, str(exc)) from None
+                raise adapter_error(sampling.lora_request, exc) from None
             request, adapter = to_generation_request(prompt, sampling)
             decode = adapter.get("output_type", "frames") != "latent"
             keep = ("frames" if decode else "latents") if whole else None
