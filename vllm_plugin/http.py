@@ -35,12 +35,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from helios_backends.errors import RequestError
 from helios_backends.fields import form_fields
 from helios_backends.front_door import configured_lora, end_of_body, read_body, replay
-from helios_backends.loading import plan_for_folder
+from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
 from . import ARCHITECTURES
 from .front_door import SLEEP_REFUSAL, SLEEP_ROUTES, refused_form_field
-from .lora import FIELD as LORA_FIELD, startup_loras
+from .lora import FIELD as LORA_FIELD, check_request_loras, startup_loras
 from .requests import HELIOS_EXTRA_PARAMS, to_generation_request
 
 VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
@@ -82,8 +82,9 @@ def served_lora_paths(app: Any) -> list[str]:
     return [path for path, _ in startup_loras(getattr(args, "lora_path", None), None)]
 
 
-def check_lora_field(value: Any, configured: list[str]) -> None:
-    """Refuse a request `lora` whose path the server was not configured with; an unreadable object is the route's to refuse."""
+def check_lora_field(value: Any, configured: list[str], folder: Path) -> None:
+    """Refuse a request `lora` whose path the server was not configured with, or whose adapter does
+    not fit the checkpoint's transformer; an unreadable object is the route's to refuse."""
     from vllm_omni.entrypoints.openai.utils import parse_lora_request
 
     try:
@@ -91,7 +92,8 @@ def check_lora_field(value: Any, configured: list[str]) -> None:
     except ValueError:
         return
     if lora_request is not None:
-        configured_lora(lora_request.lora_path, configured, LORA_FIELD)
+        path = configured_lora(lora_request.lora_path, configured, LORA_FIELD)
+        check_request_loras(lora_request, [(path, 1.0)], read_configs(folder).transformer)
 
 
 def helios_folder(app: Any) -> Path | None:
@@ -229,7 +231,7 @@ class HeliosRequestCheck:
             refused = refused_form_field(list(form.multi_items()))
             if refused is not None:
                 return refused
-            check_lora_field(form.get(LORA_FIELD), loras)
+            check_lora_field(form.get(LORA_FIELD), loras, folder)
             parsed = await form_request(form)
             if parsed is None:
                 return None
