@@ -10,7 +10,8 @@ The middleware buffers the body to read it and hands the same bytes on to the en
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import RequestError
@@ -115,3 +116,23 @@ async def body_items(scope, messages: list[dict], max_part_size: int) -> list[tu
     except ValueError:
         return None
     return list(body.items()) if isinstance(body, dict) else None
+
+
+def configured_lora(path: str, configured: Sequence[str], field: str) -> str:
+    """The LoRA path a request names, when the operator configured it; else RequestError naming `field`.
+
+    Configured means one of the server's start-up LoRA paths (its --lora-path values), or a file or
+    folder inside one of those that is a folder (symlinks resolved, so none leads out). A request
+    never makes the server open any other path. A configured path comes back as the operator spelt
+    it, so a request naming the start-up adapter asks for the very set the server loaded.
+    """
+    if not configured:
+        raise RequestError(field, "this server was started without --lora-path, so it loads no adapter a request names")
+    target = Path(path).resolve()
+    for root in configured:
+        if target == Path(root).resolve():
+            return root
+        if Path(root).is_dir() and target.is_relative_to(Path(root).resolve()):
+            return str(target)
+    accepted = ", ".join(configured)
+    raise RequestError(field, f"{path!r} is not an adapter this server was configured with (accepted: {accepted}, or a path inside a folder among them)")

@@ -35,7 +35,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .config import TransformerConfig
 from .errors import CheckpointError
+from .transformer import HeliosTransformer
 
 UPSTREAM_WEIGHTS = "pytorch_lora_weights.safetensors"
 UPSTREAM_PARTIAL = "transformer_partial.pth"
@@ -225,6 +227,14 @@ def read_adapter(path: str | Path, transformer: nn.Module) -> Adapter:
     return Adapter(name, updates, replacements)
 
 
+def check_adapter(path: str | Path, config: TransformerConfig) -> None:
+    """Read and check one adapter against a transformer config, no weights needed: a server checks
+    a request's adapter this way before queueing it. CheckpointError names adapter and key."""
+    with torch.device("meta"):
+        transformer = HeliosTransformer(config)
+    read_adapter(path, transformer)
+
+
 def _locate(transformer: nn.Module, param: str) -> tuple[torch.Tensor, slice]:
     """The tensor that holds an unfused parameter, and its rows there (fused QKV / KV slices)."""
     module_name, _, attr = param.rpartition(".")
@@ -256,6 +266,8 @@ class LoraSet:
         merged set as it was.
         """
         wanted = [(str(path), float(scale)) for path, scale in adapters]
+        if tuple(wanted) == self.active:  # servers ask for their set before every request
+            return
         loaded = {path: self._adapters.get(path) or read_adapter(path, self.transformer) for path, _ in wanted}
         targets: dict[str, torch.Tensor | None] = {}  # parameter -> replacement (or None: base)
         for path, _ in wanted:

@@ -136,3 +136,19 @@ def make_tiny(
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config(variant), indent=2))
     (folder / "model_index.json").write_text(json.dumps(model_index(variant), indent=2))
     return folder
+
+
+def make_tiny_lora(path: str | Path, transformer: TransformerConfig = TINY_TRANSFORMER, seed: int = 0, rank: int = 2) -> Path:
+    """Write a random LoRA for the tiny transformer (self-attention q/k/v/out), in diffusers' keys."""
+    generator = torch.Generator().manual_seed(seed)
+    dim = transformer.inner_dim
+    state = {}
+    for block in range(transformer.num_layers):
+        for module in ("to_q", "to_k", "to_v", "to_out.0"):
+            key = f"transformer.blocks.{block}.attn1.{module}"
+            state[f"{key}.lora_A.weight"] = torch.randn(rank, dim, generator=generator) * 0.3
+            state[f"{key}.lora_B.weight"] = torch.randn(dim, rank, generator=generator) * 0.3
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, path)
+    return path

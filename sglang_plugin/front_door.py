@@ -14,8 +14,14 @@ Media reach Helios in the body only: base64 / data-URL `image` and `video`, or a
 `engine_upload` accepts exactly that file (a client cannot know the request id in advance) and
 reads it, and refuses every other path.
 
-Engine options the core has no counterpart for (quantization, cache backends, LoRA) are refused
-at start-up by `check_engine_options`, naming the flag.
+Engine options the core has no counterpart for (quantization, cache backends) are refused at
+start-up by `check_engine_options`, naming the flag. LoRA: `--lora-path PATH` (a local adapter
+file or folder) at `--lora-scale` is merged into the weights at load (`startup_loras`;
+`--lora-nickname` only names it); `--lora-merge-mode dynamic`, `--lora-alpha`,
+`--lora-weight-name` and `--lora-target-modules` are refused naming the flag. SGLang's video
+requests carry no LoRA; its runtime `/set_lora`, `/merge_lora_weights` and
+`/unmerge_lora_weights` are refused at the front door (400 naming the route) and the server
+keeps serving.
 
 SGLang's DELETE only forgets a job's record (it has no abort for a running job), so the front
 door also records each DELETE as an empty marker file, and the worker's denoising loop
@@ -37,6 +43,12 @@ from helios_backends.front_door import body_items, read_body, refused_field, rep
 NEVER_OPENED = "this server never opens a path named in a request"
 NEVER_FETCHED = "this server never fetches a URL named in a request; send the image as an `input_reference` upload or base64 `image`"
 NOT_OFFERED = "not offered by the Helios core; leave it unset"
+NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; the server's adapter is its --lora-path / --lora-scale"
+LORA_ROUTES = frozenset({"/set_lora", "/merge_lora_weights", "/unmerge_lora_weights"})
+LORA_ROUTE_REFUSAL = (
+    "switching LoRA on a running Helios server is not offered; start it with --lora-path PATH --lora-scale S "
+    "(merged into the weights at load); the server keeps serving"
+)
 
 # Request field -> why it is refused (SGLang's /v1/videos and the routes sharing its request model).
 REFUSED_REQUEST_FIELDS = {
@@ -69,9 +81,9 @@ REFUSED_REQUEST_FIELDS = {
     "profile": NOT_OFFERED,
     "num_profiled_timesteps": NOT_OFFERED,
     "profile_all_stages": NOT_OFFERED,
-    "lora": "LoRA is " + NOT_OFFERED,
-    "lora_path": "LoRA is " + NOT_OFFERED,
-    "lora_nickname": "LoRA is " + NOT_OFFERED,
+    "lora": NO_REQUEST_LORA,
+    "lora_path": NO_REQUEST_LORA,
+    "lora_nickname": NO_REQUEST_LORA,
 }
 UPLOAD_FIELDS = frozenset({"input_reference", "video_reference"})
 # ServerArgs field -> (flag, default): start-up options the core has no counterpart for.
@@ -80,7 +92,12 @@ REFUSED_SERVER_ARGS = {
     "component_quantizations": ("--component-quantizations", {}),
     "transformer_weights_path": ("--transformer-weights-path", None),
     "cache_dit_config": ("--cache-dit-config", None),
-    "lora_path": ("--lora-path", None),
+}
+# ServerArgs field -> (flag, default, why): SGLang LoRA options the core's merge cannot honour.
+REFUSED_LORA_ARGS = {
+    "lora_alpha": ("--lora-alpha", None, "the core takes alpha from the adapter file (PEFT metadata or .alpha tensors, else its rank)"),
+    "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
+    "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
 MAX_CHECKED_BODY = 128 * 1024 * 1024
 
@@ -143,6 +160,8 @@ class HeliosFrontDoor:
             mark_deleted(scope["server"][1] if scope.get("server") else 0, parts[2])
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        if scope.get("path") in LORA_ROUTES:
+            return await bad_request(RequestError(scope["path"], LORA_ROUTE_REFUSAL))(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
         if not complete:
             message = f"request body: larger than {MAX_CHECKED_BODY // 2**20} MiB, the most this server reads"
@@ -175,6 +194,19 @@ def check_engine_options(server_args: Any) -> None:
         value = getattr(server_args, name, default)
         if value not in (default, None):
             raise ValueError(f"{flag} {value!r}: not supported by the Helios core (it runs the checkpoint's own weights); leave it unset")
+    for name, (flag, default, why) in REFUSED_LORA_ARGS.items():
+        value = getattr(server_args, name, default)
+        if value not in (default, None):
+            raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
+    mode = getattr(server_args, "lora_merge_mode", "auto")
+    if mode not in ("auto", "merge"):
+        raise ValueError(f"--lora-merge-mode {mode}: the Helios core merges adapters into the weights (accepted: auto, merge)")
+
+
+def startup_loras(server_args: Any) -> list[tuple[str, float]]:
+    """The server's adapter set: --lora-path at --lora-scale, or none."""
+    path = getattr(server_args, "lora_path", None)
+    return [] if path is None else [(path, float(server_args.lora_scale))]
 
 
 def _upload_dirs() -> list[Path]:

@@ -30,7 +30,7 @@ from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYP
 from helios_backends.loading import read_configs
 from helios_backends.pipeline import Helios
 
-from .front_door import check_not_deleted
+from .front_door import check_not_deleted, startup_loras
 from .offload import core_offload
 from .parallel import worker_parallel_groups
 from .request_mapping import explicit_fields_of, to_generation_request
@@ -91,7 +91,8 @@ class HeliosCorePipeline(ComposedPipelineBase):
 
     def load_modules(self, server_args: ServerArgs, loaded_modules=None) -> dict:
         """One `Helios` from the folder, in the precisions of the pipeline config, on SGLang's
-        process groups (helios_sglang.parallel) with SGLang's offload settings (helios_sglang.offload)."""
+        process groups (helios_sglang.parallel) with SGLang's offload settings (helios_sglang.offload),
+        with the --lora-path adapter merged at --lora-scale."""
         folder = maybe_download_model(self.model_path, force_diffusers_model=True, revision=server_args.revision)
         self.model_path = folder
         config = server_args.pipeline_config
@@ -109,6 +110,7 @@ class HeliosCorePipeline(ComposedPipelineBase):
             offload=offload,
             offload_slots=offload_slots,
         )
+        helios.set_loras(startup_loras(server_args))  # a bad adapter fails start-up, naming it and its key
         return {"helios": helios}
 
     def create_pipeline_stages(self, server_args: ServerArgs) -> None:

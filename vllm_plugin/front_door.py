@@ -1,8 +1,8 @@
 """vLLM-Omni's front door for Helios: what a request may name, and the endpoints Helios cannot honour.
 
 vLLM-Omni's `/v1/videos` form fetches `image_reference` / `video_reference` URLs in the API server
-and takes options the Helios core has no counterpart for (LoRA, frame interpolation with a model
-path, a second guidance scale ...); unknown form fields are dropped by FastAPI. `refused_form_field`
+and takes options the Helios core has no counterpart for (frame interpolation with a model path,
+a second guidance scale ...); unknown form fields are dropped by FastAPI. `refused_form_field`
 names the first such field of a form; `HeliosRequestCheck` (helios_vllm.http) answers it with 400.
 `/v1/omni/sleep` would park the engine (sleep needs vLLM's CUDA sleep allocator, which the core's
 weights do not live in), so `SLEEP_ROUTES` are refused there too, and the server keeps serving.
@@ -36,7 +36,6 @@ REFUSED_FORM_FIELDS = {
     "enable_frame_interpolation": NOT_OFFERED,
     "frame_interpolation_exp": NOT_OFFERED,
     "frame_interpolation_scale": NOT_OFFERED,
-    "lora": "LoRA is " + NOT_OFFERED,
     "guidance_scale_2": NOT_OFFERED,
     "true_cfg_scale": NOT_OFFERED,
     "boundary_ratio": NOT_OFFERED,
@@ -88,7 +87,5 @@ def check_engine_options(od_config: Any) -> None:
         raise ValueError(f"--quantization {name}: not supported by the Helios core (it runs the checkpoint's own weights); leave it unset")
     if (od_config.cache_backend or "none") != "none":
         raise ValueError(f"--cache-backend {od_config.cache_backend}: cache backends are not supported by the Helios core; leave it unset")
-    if od_config.lora_path:
-        raise ValueError(f"--lora-path {od_config.lora_path}: LoRA is not supported by the Helios core; leave it unset")
     if od_config.enable_sleep_mode:
         raise ValueError(f"--enable-sleep-mode: {SLEEP_REFUSAL.removesuffix('; the server keeps serving')}")

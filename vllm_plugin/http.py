@@ -9,7 +9,8 @@ answer 400 naming the field:
     vllm serve DIR --omni --middleware helios_vllm.http.HeliosRequestCheck
 
 It is also the front door (helios_vllm.front_door): a form field that names a URL, an option
-the core lacks or no field at all is refused the same way, `/v1/omni/sleep` and `/wakeup` are
+the core lacks or no field at all is refused the same way, and so is a `lora` whose path the
+server was not configured with (helios_vllm.lora), `/v1/omni/sleep` and `/wakeup` are
 refused while the server keeps serving, and a failed job reads back as 200 with
 `status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect).
 
@@ -33,12 +34,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helios_backends.errors import RequestError
 from helios_backends.fields import form_fields
-from helios_backends.front_door import end_of_body, read_body, replay
-from helios_backends.loading import plan_for_folder
+from helios_backends.front_door import configured_lora, end_of_body, read_body, replay
+from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
 from . import ARCHITECTURES
 from .front_door import SLEEP_REFUSAL, SLEEP_ROUTES, refused_form_field
+from .lora import FIELD as LORA_FIELD, check_request_loras, startup_loras
 from .requests import HELIOS_EXTRA_PARAMS, to_generation_request
 
 VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
@@ -72,6 +74,26 @@ def served_sp_degree(app: Any) -> int:
     """
     args = getattr(getattr(app, "state", None), "args", None)
     return (getattr(args, "ulysses_degree", None) or 1) * (getattr(args, "ring_degree", None) or 1)
+
+
+def served_lora_paths(app: Any) -> list[str]:
+    """The server's --lora-path values: the adapters (and folders of them) a request may name."""
+    args = getattr(getattr(app, "state", None), "args", None)
+    return [path for path, _ in startup_loras(getattr(args, "lora_path", None), None)]
+
+
+def check_lora_field(value: Any, configured: list[str], folder: Path) -> None:
+    """Refuse a request `lora` whose path the server was not configured with, or whose adapter does
+    not fit the checkpoint's transformer; an unreadable object is the route's to refuse."""
+    from vllm_omni.entrypoints.openai.utils import parse_lora_request
+
+    try:
+        lora_request, _ = parse_lora_request(json.loads(value) if isinstance(value, str) else value)
+    except ValueError:
+        return
+    if lora_request is not None:
+        path = configured_lora(lora_request.lora_path, configured, LORA_FIELD)
+        check_request_loras(lora_request, [(path, 1.0)], read_configs(folder).transformer)
 
 
 def helios_folder(app: Any) -> Path | None:
@@ -186,7 +208,8 @@ class HeliosRequestCheck:
             return await self.app(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
         if complete:
-            error = await self.check(scope, messages, folder, served_sp_degree(scope.get("app")))
+            app = scope.get("app")
+            error = await self.check(scope, messages, folder, served_sp_degree(app), served_lora_paths(app))
             if error is not None:
                 return await bad_request(error)(scope, receive, send)
         await self.app(scope, replay(messages, receive), send)
@@ -199,7 +222,7 @@ class HeliosRequestCheck:
         return content_type.startswith(FORM_TYPES)
 
     @staticmethod
-    async def check(scope: Scope, messages: list[Message], folder: Path, sp_degree: int) -> RequestError | None:
+    async def check(scope: Scope, messages: list[Message], folder: Path, sp_degree: int, loras: list[str]) -> RequestError | None:
         try:
             form = await Request(scope, replay(messages, end_of_body)).form(max_part_size=MAX_CHECKED_BODY)
         except Exception:  # a malformed form: the route answers it with its own error
@@ -208,6 +231,7 @@ class HeliosRequestCheck:
             refused = refused_form_field(list(form.multi_items()))
             if refused is not None:
                 return refused
+            check_lora_field(form.get(LORA_FIELD), loras, folder)
             parsed = await form_request(form)
             if parsed is None:
                 return None

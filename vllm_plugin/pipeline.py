@@ -26,7 +26,7 @@ from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
 from vllm_omni.errors import OmniClientError
 from vllm.logger import init_logger
 
-from helios_backends.errors import GenerationTimeout, RequestError
+from helios_backends.errors import CheckpointError, GenerationTimeout, RequestError
 from helios_backends.loading import FolderConfigs, plan_for_folder, read_configs
 from helios_backends.media_read import MAX_VIDEO_FRAMES
 from helios_backends.config import VARIANT_DEFAULTS, uses_cfg_by_default
@@ -35,6 +35,7 @@ from helios_backends.pipeline import Helios
 from helios_backends.session import Session
 
 from .front_door import check_engine_options
+from .lora import FIELD as LORA_FIELD, adapter_error, check_request_loras, request_loras, startup_loras
 from .requests import to_generation_request
 
 # Under vllm_omni's logger, which vLLM-Omni hangs under vLLM's: worker logs show it.
@@ -168,10 +169,17 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
     configs = read_configs(folder)  # a folder that cannot serve fails at start-up
     kind = configs.scheduler.kind
     sp_degree = served_parallel_config(od_config, configs).sp_degree
+    default_loras = startup_loras(od_config.lora_path, od_config.lora_scale)
+    step_mode = od_config.step_execution or od_config.streaming_output
 
     def pre_process(request):
         sampling = request.sampling_params
         try:
+            loras = request_loras(sampling.lora_request, sampling.lora_scale, default_loras)
+            if step_mode and loras != default_loras:
+                # Step mode interleaves requests' steps; switching weights would change another's run.
+                raise RequestError(LORA_FIELD, "a per-request LoRA needs request mode (this server runs step mode); use the server's --lora-path set")
+            check_request_loras(sampling.lora_request, loras, configs.transformer)
             for name in ("timesteps", "sigmas"):
                 if getattr(sampling, name) is not None:
                     raise RequestError(name, "custom schedules are not accepted; Helios' schedule comes from its scheduler config")
@@ -179,7 +187,7 @@ def get_pre_process_func(od_config: OmniDiffusionConfig):
             planned = plan_for_folder(folder, core_request, sp_degree)
         except RequestError as exc:
             raise client_error(exc) from None
-        if od_config.step_execution or od_config.streaming_output:
+        if step_mode:
             sampling.timesteps = torch.arange(planned.total_steps(kind))
         return request
 
@@ -224,12 +232,14 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
     _dit_modules: ClassVar[list[str]] = ["transformer"]
     _encoder_modules: ClassVar[list[str]] = ["text_encoder"]
     _vae_modules: ClassVar[list[str]] = ["vae"]
+    # The core merges LoRA itself (vllm_plugin.lora); this keeps the engine's PEFT manager away.
+    lora_is_fused: ClassVar[bool] = True
 
     def __init__(self, *, od_config: OmniDiffusionConfig, prefix: str = ""):
         super().__init__()
         self.od_config = od_config
         configs = read_configs(od_config.model)
-        check_engine_options(od_config)  # quantization, cache backends, LoRA, sleep mode: refused by flag
+        check_engine_options(od_config)  # quantization, cache backends, sleep mode: refused by flag
         # Refuses, at start-up, what the core cannot run; maps the rest onto the engine's groups.
         config = served_parallel_config(od_config, configs)
         check_cpu_workers(od_config, config)
@@ -241,6 +251,8 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
             self.helios = Helios.from_pretrained(
                 od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload
             )
+        self.default_loras = startup_loras(od_config.lora_path, od_config.lora_scale)
+        self.helios.set_loras(self.default_loras)  # a bad adapter fails start-up, naming it
         # Registered as submodules so the engine's memory accounting, offload and compile find them.
         self.transformer = self.helios.transformer
         self.text_encoder = self.helios.text_encoder.encoder
@@ -270,6 +282,10 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
         """The request's core session: frames, or latents for output_type latent; whole: it keeps
         every chunk for one output (else each chunk is handed out on its own)."""
         try:
+            try:
+                self.helios.set_loras(request_loras(sampling.lora_request, sampling.lora_scale, self.default_loras))
+            except CheckpointError as exc:  # the weights stay as they were; the next request runs
+                raise adapter_error(sampling.lora_request, exc) from None
             request, adapter = to_generation_request(prompt, sampling)
             decode = adapter.get("output_type", "frames") != "latent"
             keep = ("frames" if decode else "latents") if whole else None

@@ -102,8 +102,10 @@ def test_refused_fields_leave_no_trace_the_folder_file_and_url_untouched(served,
 def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_folders):
     from sglang.multimodal_gen.runtime.server_args import ServerArgs
 
-    for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"lora_path": "/tmp/lora"}, "--lora-path"),
-                           ({"cache_dit_config": "{}"}, "--cache-dit-config")):
+    for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"cache_dit_config": "{}"}, "--cache-dit-config"),
+                           ({"lora_path": "/tmp/lora", "lora_merge_mode": "dynamic"}, "--lora-merge-mode"),
+                           ({"lora_path": "/tmp/lora", "lora_alpha": 8}, "--lora-alpha"),
+                           ({"lora_path": "/tmp/lora", "lora_weight_name": "a.safetensors"}, "--lora-weight-name")):
         with pytest.raises(ValueError, match=flag):
             ServerArgs.from_kwargs(model_path=str(tiny_folders[VARIANT]), **settings)
 

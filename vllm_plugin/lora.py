@@ -1,0 +1,60 @@
+"""vLLM-Omni's LoRA options on the core's merged adapters (`Helios.set_loras`).
+
+    --lora-path P [P ...] / --lora-scale S   the server's default set, merged at load (scale S, 1 unset)
+    request `lora` {name, path, scale}       that one adapter at `scale` (1 unset) for this request;
+                                             a request without it runs with the default set
+
+A request may name only a configured path (`helios_backends.front_door.configured_lora`): a
+--lora-path value, or a path inside one that is a folder; anything else is refused with 400
+naming `lora`, at the HTTP front door (vllm_plugin.http) and again in the engine's pre-process,
+which also reads the adapter against the transformer's config (no weights), so a bad file is a
+400 naming it before the request is queued. Errors name the adapter by the request's `name`:
+vLLM-Omni blanks paths out of the messages it returns.
+The engine's own LoRA manager would wrap the transformer's layers in PEFT modules, so the
+pipeline declares its LoRA fused (`lora_is_fused`) and the worker leaves it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from helios_backends.config import TransformerConfig
+from helios_backends.errors import CheckpointError, RequestError
+from helios_backends.front_door import configured_lora
+from helios_backends.lora import check_adapter
+
+FIELD = "lora"
+
+
+def startup_loras(lora_path: str | list[str] | None, lora_scale: float | list[float] | None) -> list[tuple[str, float]]:
+    """(path, scale) of the server's --lora-path / --lora-scale (one scale for all, or one per path)."""
+    paths = [lora_path] if isinstance(lora_path, str) else list(lora_path or [])
+    scales = lora_scale if isinstance(lora_scale, list) else [1.0 if lora_scale is None else lora_scale] * len(paths)
+    if len(scales) != len(paths):
+        raise ValueError(f"--lora-scale: {len(scales)} scales for {len(paths)} --lora-path values; give one, or one per path")
+    return [(path, float(scale)) for path, scale in zip(paths, scales)]
+
+
+def request_loras(lora_request: Any, lora_scale: float, defaults: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The set a request runs with: its own configured adapter at its scale, else the server's default set."""
+    if lora_request is None:
+        return defaults
+    path = configured_lora(lora_request.lora_path, [p for p, _ in defaults], FIELD)
+    return [(path, float(lora_scale))]
+
+
+def adapter_error(lora_request: Any, exc: CheckpointError) -> RequestError:
+    """The request's `lora` refused, naming its adapter (the server's own set when it named none)."""
+    name = "--lora-path" if lora_request is None else repr(lora_request.lora_name)
+    return RequestError(FIELD, f"adapter {name}: {exc}")
+
+
+def check_request_loras(lora_request: Any, loras: list[tuple[str, float]], config: TransformerConfig) -> None:
+    """Read and check a request's own adapter before it is queued (the worker reads it again, cached)."""
+    if lora_request is None:
+        return
+    for path, _ in loras:
+        try:
+            check_adapter(path, config)
+        except CheckpointError as exc:
+            raise adapter_error(lora_request, exc) from None
