@@ -96,7 +96,8 @@ def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_fol
 
     from helios_vllm.front_door import check_engine_options
 
+    # --lora-path is served since LoRA support (tests/vllm/test_lora.py), no longer refused here.
     for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"cache_backend": "tea_cache"}, "--cache-backend"),
-                           ({"lora_path": "/tmp/lora"}, "--lora-path"), ({"enable_sleep_mode": True}, "--enable-sleep-mode")):
+                           ({"enable_sleep_mode": True}, "--enable-sleep-mode")):
         with pytest.raises(ValueError, match=flag):
             check_engine_options(OmniDiffusionConfig.from_kwargs(model=str(tiny_folders["distilled"]), **settings))
