@@ -21,6 +21,8 @@ from starlette.datastructures import UploadFile
 from helios_backends.errors import RequestError
 from helios_backends.front_door import is_set, refused_field
 
+from .requests import HELIOS_EXTRA_PARAMS
+
 NEVER_FETCHED = "this server never fetches a URL named in a request; upload the file as `input_reference` or send it base64 in extra_params"
 NEVER_OPENED = "this server never opens a path named in a request"
 NOT_OFFERED = "not offered by the Helios core; leave it unset"
@@ -73,6 +75,8 @@ def refused_form_field(items: list[tuple[str, Any]]) -> RequestError | None:
         return error
     known = form_field_names()
     for name, value in fields:
+        if name.removesuffix("[]") in HELIOS_EXTRA_PARAMS:
+            continue  # a Helios option sent outside extra_params: http.form_request refuses it by its name
         if name not in known and is_set(value):
             accepted = sorted(known - set(REFUSED_FORM_FIELDS))
             return RequestError(name, f"is not a /v1/videos field (accepted: {accepted})")
