@@ -7,17 +7,30 @@ text encoder and the VAE (issue 24's cold start; its timing lives in bench/, not
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
 import pytest
 
 HEAVY = ("transformers", "diffusers")
+KERNEL_PACKAGES = ("helios_npu", "helios_triton_kernels", "torch_npu")
+
+
+def loaded_after_import(module: str, packages: tuple[str, ...]) -> list[str]:
+    """Which of `packages` a fresh interpreter has loaded after importing `module`."""
+    script = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({packages!r})))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return ast.literal_eval(done.stdout.strip())
 
 
 @pytest.mark.parametrize("module", ["helios_backends.pipeline", "helios_backends.cli", "helios_backends.session"])
 def test_importing_an_entry_point_loads_neither_transformers_nor_diffusers(module):
-    script = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert loaded_after_import(module, HEAVY) == []
+
+
+@pytest.mark.parametrize("module", ["helios_backends", "helios_backends.ops", "helios_backends.pipeline"])
+def test_importing_the_core_imports_no_kernel_package(module):
+    """Kernel packages register by entry point (helios_backends/backends.py); the core names none."""
+    assert loaded_after_import(module, KERNEL_PACKAGES) == []
