@@ -79,9 +79,11 @@ def test_channels_last_weights_and_activations_decode_the_same_video(frames_per_
 
 
 def test_the_core_decodes_each_chunk_as_a_video_start_like_diffusers_helios_pipelines():
-    vae = tiny_vae()
+    # float64: the two decodes split frames differently, and float32 rounding of that split differs
+    # by CPU; the behaviour under test is the per-chunk start.
+    vae = tiny_vae().double()
     core = WanVAE(vae)
-    z = latents(2 * CHUNK)
+    z = latents(2 * CHUNK).double()
     normalised = (z - core.mean) * core.inv_std
     for chunk in (normalised[:, :, :CHUNK], normalised[:, :, CHUNK:]):
         want = diffusers_decode(vae, chunk / core.inv_std + core.mean)
