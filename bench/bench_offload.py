@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from helios_harness.launch import Launched  # noqa: E402
 from bench.bench_gpu import diffusers_scheduler, pipeline_config, random_weights, scheduler_config, share_weights  # noqa: E402
 
 from helios_backends.config import TransformerConfig  # noqa: E402
@@ -138,20 +140,26 @@ def one(config: str, frames: int, out: Path, folder: str | None = None) -> dict:
     return row
 
 
-def table(rows: list[dict], frames: int) -> str:
+def table(rows: list[dict], frames: int, alloc_conf: str | None = None) -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?"
     resident = {r["config"].split(":")[0]: r["fps"] for r in rows if r["config"].endswith(":none") and "fps" in r}
-    lines = [f"GPU: {gpu}; torch {torch.__version__}; Distilled [1,1,1], 384x640, {frames} frames requested; one process per row",
-             "", "| configuration | frames | wall s | FPS | vs ours resident (same kind) | peak allocated GiB | peak reserved GiB | warm-up s |",
-             "|---|---|---|---|---|---|---|---|"]
+    kinds = sorted({r["smi_kind"] for r in rows if r.get("smi_gib")})
+    lines = [f"GPU: {gpu}; torch {torch.__version__}; Distilled [1,1,1], 384x640, {frames} frames requested; one process per row; "
+             f"PYTORCH_CUDA_ALLOC_CONF={alloc_conf or '(unset)'}",
+             f"nvidia-smi GiB: the process's device memory over its whole life (load, warm-up, timed request), {'; '.join(kinds) or 'n/a'}. "
+             "Allocated / reserved: torch's peaks over the timed request.",
+             "", "| configuration | frames | wall s | FPS | vs ours resident (same kind) | nvidia-smi GiB | peak allocated GiB | "
+             "peak reserved GiB | setup s | warm-up s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        smi = f"{r['smi_gib']:.2f}" if r.get("smi_gib") else "-"
         if "fps" not in r:
-            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | {smi} | | | | |")
             continue
         base = resident.get(r["config"].split(":")[0], resident.get("ours"))
         rel = f"{r['fps'] / base:.2f}x" if base else "-"
-        lines.append(f"| {r['config']} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {rel} | {r['peak_gib']:.2f} | "
-                     f"{r['reserved_gib']:.2f} | {r['warmup_s']:.1f} |")
+        lines.append(f"| {r['config']} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {rel} | {smi} | {r['peak_gib']:.2f} | "
+                     f"{r['reserved_gib']:.2f} | {r['setup_s']:.1f} | {r['warmup_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,6 +171,7 @@ def main():
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--alloc-conf", help="PYTORCH_CUDA_ALLOC_CONF for every configuration, e.g. expandable_segments:True")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,17 +179,27 @@ def main():
         one(args.config, args.frames, out, args.folder)
         return
     rows = []
+    env = dict(os.environ)
+    if args.alloc_conf:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = args.alloc_conf
     for config in args.configs:
         cmd = [sys.executable, __file__, "--config", config, "--frames", str(args.frames), "--out", str(out)]
         cmd += ["--folder", args.folder] if args.folder else []
+        # The device memory a user sees: nvidia-smi, sampled through the whole process (start-up,
+        # load, warm-up, the timed request and its decode), beside the allocator's own peaks.
+        log = out / f"offload-{config.replace(':', '-')}.log"
+        proc = Launched(cmd, log, env=env, gpu=True)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            rows.append(json.loads(lines[-1]) if lines else dict(config=config, error=(proc.stderr.strip().splitlines() or ["no output"])[-1]))
+            proc.wait(timeout=args.timeout)
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
+            rows.append(json.loads(lines[-1]) if lines else dict(config=config, error=(proc.log_tail(2000).strip().splitlines() or ["no output"])[-1]))
         except subprocess.TimeoutExpired:
             rows.append(dict(config=config, error=f"over {args.timeout:.0f} s"))
+        finally:
+            proc.stop()
+        rows[-1].update(smi_gib=proc.memory.peak_gpu / 2**30 if proc.memory.peak_gpu else None, smi_kind=proc.memory.gpu_kind)
         print(rows[-1], flush=True)
-    text = table(rows, args.frames)
+    text = table(rows, args.frames, args.alloc_conf)
     print(text)
     (out / "offload.md").write_text(text)
     (out / "offload.json").write_text(json.dumps(rows, indent=2))

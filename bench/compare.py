@@ -152,10 +152,12 @@ def b64_file(path: str) -> str:
 
 
 class Envs:
-    """Project environments by name, through scripts/setup-env (reuses a built one; builds a missing one)."""
+    """Project environments by name, through scripts/setup-env (reuses a built one; builds a missing one),
+    or given folders shaped like one (bin/python, bin/<engine>): a device without a registry
+    (bench/engines-gpu)."""
 
-    def __init__(self):
-        self.paths: dict[str, Path | str] = {}
+    def __init__(self, given: dict[str, Path] | None = None):
+        self.paths: dict[str, Path | str] = dict(given or {})
 
     def get(self, name: str) -> Path:
         """The env path, or raise RuntimeError saying why there is none."""
@@ -246,7 +248,7 @@ def describe(diff: dict) -> str:
 class Bench:
     def __init__(self, args, folder: Path, request: dict, facts: dict, work: Path):
         self.args, self.folder, self.request, self.facts, self.work = args, folder, request, facts, work
-        self.envs = Envs()
+        self.envs = Envs(args.env)
         self.gpu = args.device.startswith("cuda")
         self.core_frames = None  # (T, H, W, 3) uint8 from the core row: the reference
         self.references: dict[str, tuple] = {}  # engine -> (raw, served) core frames from its env
@@ -342,6 +344,8 @@ class Bench:
         row.peak_host_mib = proc.memory.peak_host / 2**20 if proc.memory.peak_host else None
         row.peak_gpu_mib = proc.memory.peak_gpu / 2**20 if proc.memory.peak_gpu else None
         row.mem_kind = proc.memory.kind
+        if row.peak_gpu_mib:
+            row.notes.append(f"GPU memory: {proc.memory.gpu_kind}")
 
     # -- engine servers --
 
@@ -639,7 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, choices=range(1, 101), metavar="N", help="timed requests; the table has their medians")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a start-up or a request")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=PATH",
+                        help="use the folder PATH (bin/python, bin/<engine>) as environment NAME instead of scripts/setup-env NAME")
     args = parser.parse_args(argv)
+    pairs = [e.partition("=") for e in args.env]
+    if any(not name or not path for name, _, path in pairs):
+        parser.error(f"--env takes NAME=PATH, got {args.env}")
+    args.env = {name: Path(path) for name, _, path in pairs}
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     out = Path(args.out).resolve()
     work = out / "work"

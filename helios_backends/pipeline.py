@@ -87,8 +87,8 @@ class Helios:
         offload: "model" keeps the text encoder off the device between prompts; "layer" also
         streams the transformer blocks from host memory through `offload_slots` device copies.
         vae_frames_per_call: latent frames per pass of the VAE decoder's upsampled layers.
-        1 (default): a 2.7 GiB decode peak at 384x640 bf16 (diffusers' 2.9), 0.177 s a chunk on an
-        H200, and the same frames in every offload mode. None: the whole chunk, 11.0 GiB, 0.165 s.
+        1 (default): the smallest decode peak and the same frames in every offload mode; None: the
+        whole chunk in one pass, a few times the memory for a little speed (bench/RESULTS.md).
         Latents never depend on it; decoded frames are bit-identical only at equal values
         (within 1/255 else).
         """
@@ -167,6 +167,17 @@ class Helios:
     def resident_blocks(self) -> list[int]:
         """The offloaded transformer blocks with a copy on the device ([] without layer offload)."""
         return [] if self.layers is None else self.layers.resident
+
+    def warm_up(self) -> None:
+        """Compile and capture, before a server takes its first request, what a request at the
+        variant's default size and guidance needs: the Triton kernels, the CUDA graphs of every
+        pyramid stage (with CFG where the default guidance uses it), the VAE's decode of a first
+        and a following chunk with its cuDNN autotuning. Two chunks are generated and dropped.
+        Off CUDA nothing is compiled or captured, so there is nothing to warm."""
+        if self.device.type != "cuda":
+            return
+        window = self.plan(GenerationRequest(prompt="warm-up")).video_frames_per_chunk
+        self.session(GenerationRequest(prompt="warm-up", num_frames=2 * window, seed=0), keep=None).run()
 
     def release(self) -> None:
         """Free what a finished request left on the device (the offloaded blocks' slots); a

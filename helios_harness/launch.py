@@ -39,7 +39,9 @@ class MemorySampler(threading.Thread):
     CPU: the sum of PSS (proportional set size: a page shared by k processes counts 1/k in each),
     so the torch libraries every engine process maps are counted once, not once per process;
     falls back to RSS where PSS cannot be read. GPU: the sum of the tree's `nvidia-smi` compute
-    memory, sampled at most once a second (each query is a subprocess).
+    memory, sampled at most once a second (each query is a subprocess); where nvidia-smi lists no
+    process of the tree (a container's PID namespace hides them), the whole device's used memory
+    less what it used when sampling began (`gpu_kind` says which was measured).
     """
 
     def __init__(self, pid: int, gpu: bool = False, interval: float = 0.2):
@@ -48,6 +50,8 @@ class MemorySampler(threading.Thread):
         self.peak_host = 0
         self.peak_gpu = 0
         self.kind = "PSS" if psutil is not None else "n/a"
+        self.gpu_kind = "n/a"
+        self._gpu_baseline = self._device_used() if gpu else 0
         self._stop_event = threading.Event()
 
     def tree(self) -> list:
@@ -69,34 +73,50 @@ class MemorySampler(threading.Thread):
                 pass
         return total
 
-    def _gpu_bytes(self, pids: set[int]) -> int:
+    @staticmethod
+    def _smi(query: str) -> list[str]:
         try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=10,
-            ).stdout
+            out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                                 timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired):
-            return 0
-        total = 0
-        for line in out.strip().splitlines():
+            return []
+        return out.strip().splitlines()
+
+    def _device_used(self) -> int:
+        """Used memory of the first GPU, bytes (0 without nvidia-smi)."""
+        lines = self._smi("--query-gpu=memory.used")
+        return int(lines[0]) * 2**20 if lines and lines[0].strip().isdigit() else 0
+
+    def _gpu_bytes(self, pids: set[int]) -> int:
+        total, listed = 0, False
+        for line in self._smi("--query-compute-apps=pid,used_memory"):
             pid, _, mib = line.partition(",")
             if pid.strip().isdigit() and int(pid) in pids and mib.strip().isdigit():
-                total += int(mib) * 2**20
-        return total
+                total, listed = total + int(mib) * 2**20, True
+        if listed:
+            self.gpu_kind = "nvidia-smi, the process tree"
+            return total
+        if self.gpu_kind == "n/a" or self.gpu_kind.startswith("nvidia-smi, device"):
+            self.gpu_kind = "nvidia-smi, device used less its use before start"
+            return max(0, self._device_used() - self._gpu_baseline)
+        return 0
 
     def run(self) -> None:
-        if psutil is None:
+        if psutil is None and not self.gpu:
             return
         last_gpu = 0.0
         while not self._stop_event.is_set():
-            try:
-                procs = self.tree()
-            except psutil.NoSuchProcess:
-                return
-            self.peak_host = max(self.peak_host, self._host_bytes(procs))
+            pids = {self.pid}  # without psutil (a device image may lack it): the GPU only, by the root's PID
+            if psutil is not None:
+                try:
+                    procs = self.tree()
+                except psutil.NoSuchProcess:
+                    return
+                self.peak_host = max(self.peak_host, self._host_bytes(procs))
+                pids = {p.pid for p in procs}
             if self.gpu and time.monotonic() - last_gpu >= 1.0:
                 last_gpu = time.monotonic()
-                self.peak_gpu = max(self.peak_gpu, self._gpu_bytes({p.pid for p in procs}))
+                self.peak_gpu = max(self.peak_gpu, self._gpu_bytes(pids))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:

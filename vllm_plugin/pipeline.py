@@ -226,8 +226,8 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
 
     supports_step_execution: ClassVar[bool] = True
     supports_request_cancellation: ClassVar[bool] = True
-    # No start-up warm-up: the core compiles nothing, and the engine's fixed 512x512 warm-up
-    # request would cost a whole chunk (75 s for the tiny model on 2 CPU cores).
+    # The engine's own warm-up request is fixed at 512x512 and compiles nothing the core uses at
+    # Helios' sizes; the core warms up in `setup_compile` instead.
     dummy_run_num_frames: ClassVar[int] = 0
     _dit_modules: ClassVar[list[str]] = ["transformer"]
     _encoder_modules: ClassVar[list[str]] = ["text_encoder"]
@@ -249,7 +249,8 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
         logger.info("Helios core: offload=%s parallel=%s", offload, None if parallel is None else parallel.config)
         with default_dtype(torch.float32):
             self.helios = Helios.from_pretrained(
-                od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload
+                od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload,
+                cuda_graphs=not od_config.enforce_eager,  # --enforce-eager: no captured graphs either
             )
         self.default_loras = startup_loras(od_config.lora_path, od_config.lora_scale)
         self.helios.set_loras(self.default_loras)  # a bad adapter fails start-up, naming it
@@ -268,6 +269,11 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
         video and its end-aligned chunks feed the history; the engine's default would keep only
         the first num_frames."""
         return ReferenceVideoDecodeSpec(max_frames=MAX_VIDEO_FRAMES, keep="first")
+
+    def setup_compile(self) -> None:
+        """The engine's start-up compile hook (skipped with --enforce-eager): the core compiles its
+        kernels and captures its graphs here, so the first request runs as fast as the next."""
+        self.helios.warm_up()
 
     def load_weights(self, weights) -> None:
         """Weights were read by the core's loader when the pipeline was built; the engine sends none.

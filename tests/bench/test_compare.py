@@ -39,11 +39,17 @@ def test_compare_runs_every_backend_and_each_output_equals_the_core(tmp_path):
     folder = make_tiny(tmp_path / "tiny", "distilled")
     backends = expected_backends()
     out = tmp_path / "results"
+    # The core env given as a folder shaped like one, as bench/engines-gpu does on a device without a registry.
+    given = tmp_path / "given-core-env"
+    (given / "bin").mkdir(parents=True)
+    (given / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (given / "bin" / "python").chmod(0o755)
     command = [sys.executable, str(REPO / "bench" / "compare.py"), "--model", str(folder), "--gamma", "0.3",
                "--height", "64", "--width", "128", "--num-frames", "33", "--steps", "1", "1", "1", "--seed", "3",
-               "--warmup", "0", "--repeats", "1", "--backends", *backends, "--out", str(out)]
+               "--warmup", "0", "--repeats", "1", "--backends", *backends, "--env", f"core={given}", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=REPO)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert f"== core ({given})" in done.stdout and f"== diffusers ({given})" in done.stdout
     rows = {r["backend"]: r for r in json.loads((out / "compare.json").read_text())["rows"]}
     assert list(rows) == backends
     for name, row in rows.items():

@@ -63,6 +63,19 @@ def test_gpu_three_cfg_requests_in_a_row_through_the_graphs_each_equal_the_eager
     assert len(graphed.denoiser.text) == 1 and len(next(iter(graphed.denoiser.text.values()))) == 2  # cond + uncond slots
 
 
+@pytest.mark.parametrize("variant", ["distilled", "base"])
+def test_gpu_after_warm_up_a_request_at_the_default_size_and_guidance_captures_no_new_graph(checkpoints, variant):
+    """What a server's warm-up must cover so that its first request runs at the speed of the next."""
+    folder, _ = checkpoints[variant]
+    helios = Helios.from_pretrained(folder, device="cuda", dtype="float32")
+    helios.warm_up()
+    captured = len(helios.denoiser.graphs)
+    assert captured > 0
+    req = GenerationRequest(prompt="a fox in the snow", seed=1)  # every size, step and guidance field at its default
+    helios.session(req, keep=None).run()
+    assert len(helios.denoiser.graphs) == captured
+
+
 def test_gpu_fused_kernels_and_cuda_graphs_equal_the_torch_reference_in_fp32(gpu_cores):
     graphed, eager = gpu_cores
     req = request("a red kite", 3)
