@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="merge a LoRA adapter (safetensors file or folder) at SCALE (default 1); repeatable")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    g.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="the VAE decoder's precision: bfloat16 is faster and lighter, its frames differ slightly (README)")
     g.add_argument("--output", default="output.mp4")
     g.add_argument("--output-latents", help="also save every latent frame to this .safetensors file")
     return parser
@@ -210,7 +212,7 @@ def generate(args) -> None:
         raise CliError(f"--offload-slots: must be >= 1, got {args.offload_slots}")
     if args.vae_frames_per_call < 0:
         raise CliError(f"--vae-frames-per-call: must be >= 0 (0: a whole chunk per pass), got {args.vae_frames_per_call}")
-    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None, lora_specs(args.lora))
+    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None, lora_specs(args.lora), args.vae_dtype)
     if args.prompts_from == "-" and parallel.world_size > 1:
         raise CliError("--prompts-from: '-' (stdin) reaches one rank only under torchrun; give a file every rank reads")
     changes = LivePrompts.open(args.prompts_from) if args.prompts_from else None
@@ -275,12 +277,13 @@ def lora_specs(values: list[str]) -> tuple[tuple[str, float], ...]:
 
 @dataclass(frozen=True)
 class Memory:
-    """How a run trades speed for device memory (see Helios.from_pretrained), and the LoRAs merged into the weights."""
+    """How a run trades speed for device memory and precision (see Helios.from_pretrained), and the LoRAs merged into the weights."""
 
     offload: str = "none"
     offload_slots: int = 2
     vae_frames_per_call: int | None = 1
     loras: tuple[tuple[str, float], ...] = ()
+    vae_dtype: str = "float32"
 
 
 def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, memory: Memory, changes=None) -> None:
@@ -310,8 +313,9 @@ def run(
     from .pipeline import Helios
     from .media_write import Mp4Writer
 
-    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, parallel=groups, offload=memory.offload,
-                                    offload_slots=memory.offload_slots, vae_frames_per_call=memory.vae_frames_per_call)
+    helios = Helios.from_pretrained(folder, device=device, dtype=dtype, vae_dtype=memory.vae_dtype, parallel=groups,
+                                    offload=memory.offload, offload_slots=memory.offload_slots,
+                                    vae_frames_per_call=memory.vae_frames_per_call)
     try:
         helios.set_loras(memory.loras)
     except CheckpointError as exc:

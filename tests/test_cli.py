@@ -168,6 +168,23 @@ def test_whole_chunk_vae_decode_gives_the_same_frames_within_rounding(checkpoint
     assert (frame_wise - chunk_wise).abs().max() <= 1
 
 
+def test_vae_dtype_bfloat16_decodes_in_bfloat16_and_its_frames_stay_near_the_fp32_decode(checkpoints, tmp_path):
+    from helios_backends.pipeline import Helios
+    from helios_backends.request import GenerationRequest
+
+    folder, _ = checkpoints["distilled"]
+    out = tmp_path / "lake.mp4"
+    assert main(["generate", "--model", str(folder), "--prompt", "a lake", "--height", str(HEIGHT), "--width", str(WIDTH),
+                 "--num-frames", "33", "--pyramid-steps", "1", "1", "1", "--vae-dtype", "bfloat16", "--output", str(out)]) == 0
+    assert decode_mp4(out).shape == (33, HEIGHT, WIDTH, 3)
+    req = GenerationRequest(prompt="a lake", height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(1, 1, 1))
+    cores = {d: Helios.from_pretrained(folder, vae_dtype=d) for d in ("float32", "bfloat16")}
+    assert cores["bfloat16"].vae.dtype == torch.bfloat16
+    fp32, bf16 = (torch.cat([c.frames for c in core.stream(req)], 1).int() for core in cores.values())
+    difference = (fp32 - bf16).abs().float()
+    assert 0 < difference.mean() < 2 and difference.max() <= 32
+
+
 def test_a_failed_write_leaves_no_mp4_behind(tmp_path):
     with pytest.raises(RuntimeError):
         with Mp4Writer(tmp_path / "x.mp4", 64, 64, fps=24) as w:

@@ -124,6 +124,26 @@ def core_offload(od_config: OmniDiffusionConfig) -> str:
     return modes[resolved.strategy]
 
 
+HELIOS_SETTINGS = {"vae_dtype": ("float32", "bfloat16")}
+
+
+def core_settings(od_config: OmniDiffusionConfig) -> dict[str, str]:
+    """Core settings vLLM-Omni has no flag for, from `--additional-config '{"helios": {...}}'`
+    (the engine's per-model settings; other keys there belong to other components): an unknown
+    key or value is refused at start-up, naming it."""
+    given = (od_config.additional_config or {}).get("helios") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"--additional-config helios: must be an object of settings, got {given!r}")
+    settings = {"vae_dtype": "float32"}
+    for key, value in given.items():
+        if key not in HELIOS_SETTINGS:
+            raise ValueError(f"--additional-config helios.{key}: not a Helios setting; accepted: {sorted(HELIOS_SETTINGS)}")
+        if value not in HELIOS_SETTINGS[key]:
+            raise ValueError(f"--additional-config helios.{key}: {value!r} is not one of {list(HELIOS_SETTINGS[key])}")
+        settings[key] = value
+    return settings
+
+
 def engine_parallel_groups(config: ParallelConfig) -> ParallelGroups | None:
     """This worker's `ParallelGroups` from vLLM-Omni's own process groups (None when nothing is parallel).
 
@@ -246,10 +266,12 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
         offload = core_offload(od_config)
+        settings = core_settings(od_config)
         logger.info("Helios core: offload=%s parallel=%s", offload, None if parallel is None else parallel.config)
         with default_dtype(torch.float32):
             self.helios = Helios.from_pretrained(
-                od_config.model, device=get_local_device(), dtype=od_config.dtype, parallel=parallel, offload=offload,
+                od_config.model, device=get_local_device(), dtype=od_config.dtype, vae_dtype=settings["vae_dtype"],
+                parallel=parallel, offload=offload,
                 cuda_graphs=not od_config.enforce_eager,  # --enforce-eager: no captured graphs either
             )
         self.default_loras = startup_loras(od_config.lora_path, od_config.lora_scale)

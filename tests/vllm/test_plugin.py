@@ -56,3 +56,22 @@ def test_the_pre_0_2_middleware_name_is_the_same_class_with_a_warning(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "True"
     assert "FutureWarning: the package 'vllm_plugin' is now named 'helios_vllm'" in done.stderr
+
+
+def test_the_vae_precision_comes_from_additional_config_helios_and_unknown_settings_are_refused(tmp_path):
+    from vllm_omni.diffusion.data import OmniDiffusionConfig
+
+    from helios_backends.tiny import make_tiny
+    from helios_vllm.pipeline import core_settings
+
+    folder = str(make_tiny(tmp_path / "tiny", "distilled"))
+
+    def settings(additional):
+        return core_settings(OmniDiffusionConfig.from_kwargs(model=folder, additional_config=additional))
+
+    assert settings({}) == {"vae_dtype": "float32"}
+    assert settings({"helios": {"vae_dtype": "bfloat16"}, "other_component": 1}) == {"vae_dtype": "bfloat16"}
+    with pytest.raises(ValueError, match=r"helios\.vae_precision: not a Helios setting"):
+        settings({"helios": {"vae_precision": "bf16"}})
+    with pytest.raises(ValueError, match=r"helios\.vae_dtype: 'fp8' is not one of"):
+        settings({"helios": {"vae_dtype": "fp8"}})
