@@ -149,12 +149,16 @@ class Helios:
     # -- preparation ------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str], max_length: int) -> torch.Tensor:
-        """(N, max_length, D) text encoder states; with offload, the encoder visits the device for it."""
+        """(N, max_length, D) text encoder states; with offload "model" the encoder visits the device
+        for it, with "layer" one block at a time."""
         if self.text_encoder is None:
             raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
         if self.offload == "none":
             with self.probe.section("text", prompts):
                 return self.text_encoder.encode(prompts, max_length)
+        if self.offload == "layer":  # the encoder streams through the device block by block, like the transformer
+            with self.probe.section("text", prompts):
+                return self.text_encoder.encode_streamed(prompts, max_length, self.device)
         home = self.text_encoder.device
         self.text_encoder.encoder.to(self.device)
         try:

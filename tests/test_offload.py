@@ -122,3 +122,16 @@ def test_text_projection_outside_the_forward_loads_its_block(pair):
         got, want = offloaded.encode_text(text), plain.encode_text(text)
     assert all(torch.equal(a, b) for (ka, va), (kb, vb) in zip(got.kv, want.kv) for a, b in ((ka, kb), (va, vb)))
     assert [e for e in offload.history if e[0] == "run"] == [("run", 0), ("run", 1)]
+
+
+def test_layer_offload_encodes_prompts_block_by_block_to_the_same_states_leaving_the_weights_in_place(checkpoints):
+    from helios_backends.text import TextEncoder
+
+    folder, _ = checkpoints["mid"]
+    encoder = TextEncoder.load(folder, torch.float32, torch.device("cpu"))
+    before = {name: p.data_ptr() for name, p in encoder.encoder.named_parameters()}
+    prompts = ["a lake at dawn", "a red fox running through deep snow"]
+    streamed = encoder.encode_streamed(prompts, 24, torch.device("cpu"))
+    assert torch.equal(streamed, encoder.encode(prompts, 24))
+    assert {name: p.data_ptr() for name, p in encoder.encoder.named_parameters()} == before
+    assert not any(b._forward_pre_hooks or b._forward_hooks for b in encoder.encoder.encoder.block)  # its hooks are gone

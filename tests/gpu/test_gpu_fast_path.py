@@ -149,3 +149,21 @@ def test_gpu_helios_generate_on_cuda_writes_the_eager_cores_video(checkpoints, t
         want = session.latents()
     assert relative_error(load_file(saved)["latents"], want) <= 1e-4
     assert decode_mp4(out).shape[0] == eager.plan(req).output_frames
+
+
+def test_gpu_streamed_text_encoding_holds_one_block_on_the_device_and_equals_the_resident_encoding(checkpoints):
+    from helios_backends.text import TextEncoder
+
+    folder, _ = checkpoints["mid"]
+    host = TextEncoder.load(folder, torch.float32, torch.device("cpu"))
+    resident = TextEncoder.load(folder, torch.float32, torch.device("cuda"))
+    block_bytes = sum(p.numel() * p.element_size() for p in host.encoder.encoder.block[0].parameters())
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    streamed = host.encode_streamed(["a lake at dawn"], 64, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert all(p.device.type == "cpu" for p in host.encoder.parameters())
+    states_bytes = streamed.numel() * streamed.element_size()
+    assert torch.cuda.max_memory_allocated() - start <= 2 * block_bytes + 64 * states_bytes
+    assert relative_error(streamed.cpu(), resident.encode(["a lake at dawn"], 64).cpu()) <= 1e-5
