@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helios_backends.config import PipelineConfig, SchedulerConfig, TransformerConfig  # noqa: E402
+from helios_backends.fp8 import quantize_blocks  # noqa: E402
 from helios_backends.ops import TorchOps, default_ops  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
@@ -155,6 +156,7 @@ class Bench:
         self.cuda = self.device.type == "cuda"
         self.gamma = args.gamma
         self.ours: dict[str, Helios] = {}
+        self.fp8: HeliosTransformer | None = None
         self.theirs = {}
         self.compiled = False
         self.vae_frames_per_call = args.vae_frames_per_call
@@ -173,11 +175,19 @@ class Bench:
 
     # -- the two implementations ------------------------------------------------------------------
 
-    def our_pipeline(self, variant: str, fast: bool = True) -> Helios:
-        key = f"{variant}-{fast}"
+    def fp8_transformer(self) -> HeliosTransformer:
+        """Ours with FP8 block linears (helios_backends.fp8), built on first use beside the bf16 one."""
+        if self.fp8 is None:
+            self.fp8 = share_weights(self.ref, self.config, default_ops(self.device))
+            self.fp8.fuse_projections()
+            quantize_blocks(self.fp8.blocks)
+        return self.fp8
+
+    def our_pipeline(self, variant: str, fast: bool = True, fp8: bool = False) -> Helios:
+        key = f"{variant}-{fast}-{fp8}"
         if key not in self.ours:
             vae = WanVAE(self.our_vae, frames_per_call=self.vae_frames_per_call or None)
-            transformer = self.fast if fast else self.slow
+            transformer = self.fp8_transformer() if fp8 else self.fast if fast else self.slow
             self.ours[key] = Helios(transformer, pipeline_config(variant), scheduler_config(variant, self.gamma, self.tmp), self.text, vae,
                                     cuda_graphs=fast and self.cuda, probe=self.probe)
         return self.ours[key]
@@ -204,10 +214,10 @@ class Bench:
         return GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=MAX_TOKENS, height=run.height, width=run.width,
                                  num_frames=frames or run.frames, guidance_scale=run.guidance, seed=0, **steps)
 
-    def run_ours(self, run: Run, frames: int | None = None, fast: bool = True, write_mp4: bool = True) -> dict:
+    def run_ours(self, run: Run, frames: int | None = None, fast: bool = True, write_mp4: bool = True, fp8: bool = False) -> dict:
         """write_mp4: stream the chunks into an H.264 mp4 as a user's run does (else hand the frames
-        out only, as diffusers' output_type="np" does)."""
-        helios = self.our_pipeline(run.variant, fast)
+        out only, as diffusers' output_type="np" does); fp8: the FP8 transformer."""
+        helios = self.our_pipeline(run.variant, fast, fp8)
         writer = None
         if write_mp4:
             from helios_backends.media_write import Mp4Writer
@@ -236,7 +246,7 @@ class Bench:
             self.probe.stop()
             if writer is not None:
                 writer.close(discard=True)
-        impl = "ours" if write_mp4 else "ours (no mp4)"
+        impl = "ours fp8" if fp8 else "ours" if write_mp4 else "ours (no mp4)"
         row = self._row(impl, run, wall, out_frames, timers["text"], timers["transformer"], timers["vae"], meter, first,
                         torch.cat(latents, 2).float().cpu())
         row["first_frames"] = first_frames
@@ -293,8 +303,9 @@ def main():
     parser.add_argument("--gamma", type=float, default=1 / 3, help="pyramid gamma (released: 1/3; CPU fp32 Cholesky needs e.g. 0.3)")
     parser.add_argument("--vae-frames-per-call", type=int, default=1,
                         help="ours: latent frames per pass of the VAE's upsampled layers (default 1, the core's; 0: a whole chunk)")
-    parser.add_argument("--ours", nargs="+", default=["mp4"], choices=["mp4", "no-mp4"],
-                        help="ours: one timed run each, streaming into an mp4 or handing the frames out only")
+    parser.add_argument("--ours", nargs="+", default=["mp4"], choices=["mp4", "no-mp4", "fp8"],
+                        help="ours: one timed run each, streaming into an mp4, handing the frames out only, or with "
+                             "FP8 block linears (into an mp4; its deviation from the bf16 'mp4' run is noted)")
     parser.add_argument("--size", type=int, nargs=3, metavar=("HEIGHT", "WIDTH", "FRAMES"), help="override every run's size (smoke tests)")
     args = parser.parse_args()
     if args.size:
@@ -337,12 +348,27 @@ def main():
             t = time.perf_counter()
             fn(run, frames=33)  # warm-up: graph capture (ours), compilation (diffusers)
             warm[impl] = time.perf_counter() - t
-        timed = [(lambda r, o=o: bench.run_ours(r, write_mp4=o == "mp4"), "ours") for o in args.ours]
+        if "fp8" in args.ours:
+            t = time.perf_counter()
+            bench.run_ours(run, frames=33, fp8=True)
+            warm["ours fp8"] = time.perf_counter() - t
+        timed = [(lambda r, o=o: bench.run_ours(r, write_mp4=o != "no-mp4", fp8=o == "fp8"), "ours fp8" if o == "fp8" else "ours")
+                 for o in args.ours]
+        done = {}
         for fn, impl in timed + [(bench.run_theirs, "diffusers")]:
             row = fn(run)
             row["warmup"] = warm[impl]
             rows.append(row)
+            done[row["impl"]] = row
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k not in ("latents", "first_frames")}, flush=True)
+        if "ours fp8" in done and "ours" in done:
+            a, b = done["ours fp8"], done["ours"]
+            mse = (a["first_frames"].double() - b["first_frames"].double()).pow(2).mean().item()
+            psnr = float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+            notes.append(f"{run.name}: fp8 vs bf16 (ours): latents relative L2 {relative_error(a['latents'], b['latents']):.3e}, "
+                         f"first chunk's frames PSNR {psnr:.1f} dB; transformer {a['transformer']:.2f} s vs {b['transformer']:.2f} s "
+                         f"({b['transformer'] / a['transformer']:.2f}x); random weights, so the deviation says nothing about quality")
+            print(notes[-1], flush=True)
     write_results(bench, rows, notes, args)
 
 

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="merge a LoRA adapter (safetensors file or folder) at SCALE (default 1); repeatable")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    g.add_argument("--quantization", choices=["fp8"],
+                   help="fp8: the transformer blocks' linear layers on FP8 tensor cores (a GPU with compute capability 8.9+, --dtype bfloat16)")
     g.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="the VAE decoder's precision: bfloat16 is faster and lighter, its frames differ slightly (README)")
     g.add_argument("--output", default="output.mp4")
@@ -177,6 +179,7 @@ def _request(args):
 
 
 def generate(args) -> None:
+    from .fp8 import check_quantization
     from .loading import plan_for_folder, read_configs, resolve_device, resolve_dtype
 
     if args.fps < 1 or args.fps > 240:
@@ -212,7 +215,14 @@ def generate(args) -> None:
         raise CliError(f"--offload-slots: must be >= 1, got {args.offload_slots}")
     if args.vae_frames_per_call < 0:
         raise CliError(f"--vae-frames-per-call: must be >= 0 (0: a whole chunk per pass), got {args.vae_frames_per_call}")
-    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None, lora_specs(args.lora), args.vae_dtype)
+    try:
+        check_quantization(args.quantization, device, resolve_dtype(args.dtype))
+    except CheckpointError as exc:
+        raise CliError(f"--quantization: {exc}") from None
+    if args.quantization and args.lora:
+        raise CliError("--lora: adapters merge into dense weights, which --quantization fp8 replaces; use one or the other")
+    memory = Memory(args.offload, args.offload_slots, args.vae_frames_per_call or None, lora_specs(args.lora), args.vae_dtype,
+                    args.quantization)
     if args.prompts_from == "-" and parallel.world_size > 1:
         raise CliError("--prompts-from: '-' (stdin) reaches one rank only under torchrun; give a file every rank reads")
     changes = LivePrompts.open(args.prompts_from) if args.prompts_from else None
@@ -284,6 +294,7 @@ class Memory:
     vae_frames_per_call: int | None = 1
     loras: tuple[tuple[str, float], ...] = ()
     vae_dtype: str = "float32"
+    quantization: str | None = None
 
 
 def run_distributed(folder, p, device, dtype, out, fps, latents_path, parallel, memory: Memory, changes=None) -> None:
@@ -315,7 +326,7 @@ def run(
 
     helios = Helios.from_pretrained(folder, device=device, dtype=dtype, vae_dtype=memory.vae_dtype, parallel=groups,
                                     offload=memory.offload, offload_slots=memory.offload_slots,
-                                    vae_frames_per_call=memory.vae_frames_per_call)
+                                    vae_frames_per_call=memory.vae_frames_per_call, quantization=memory.quantization)
     try:
         helios.set_loras(memory.loras)
     except CheckpointError as exc:

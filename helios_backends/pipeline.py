@@ -10,6 +10,7 @@ import torch
 from .config import PipelineConfig, SchedulerConfig
 from .loading import check_folder, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
 from .errors import CheckpointError
+from .fp8 import check_quantization, fp8_quantized, quantize_blocks
 from .lora import LoraSet
 from .offload import OFFLOAD_MODES, LayerOffload
 from .ops import default_ops
@@ -76,6 +77,7 @@ class Helios:
         offload_slots: int = 2,
         vae_frames_per_call: int | None = 1,
         probe: Probe = NO_PROBE,
+        quantization: str | None = None,
     ) -> "Helios":
         """Load a Helios folder. The transformer runs in `dtype` (its fp32 modules stay fp32).
 
@@ -91,6 +93,8 @@ class Helios:
         whole chunk in one pass, a few times the memory for a little speed (bench/RESULTS.md).
         Latents never depend on it; decoded frames are bit-identical only at equal values
         (within 1/255 else).
+        quantization: "fp8" runs the blocks' linear layers on FP8 tensor cores (helios_backends.fp8;
+        a bfloat16 transformer on a GPU with FP8, compute capability 8.9+); None keeps `dtype`.
         """
         if offload not in OFFLOAD_MODES:
             raise CheckpointError(f"offload must be one of {list(OFFLOAD_MODES)}, got {offload!r}")
@@ -98,6 +102,7 @@ class Helios:
         pipeline = check_folder(folder)
         device = resolve_device(device)
         dtype, vae_dtype = resolve_dtype(dtype), resolve_dtype(vae_dtype)
+        check_quantization(quantization, device, dtype)
         scheduler = load_scheduler_config(folder)
         ops = ops or default_ops(device)
         if parallel is not None and parallel.sp is not None:
@@ -107,12 +112,16 @@ class Helios:
             # Load on the host, keep everything but the blocks on the device, stream the blocks.
             transformer = load_transformer(folder, dtype, torch.device("cpu"), ops)
             transformer.fuse_projections()
+            if quantization == "fp8":
+                quantize_blocks(transformer.blocks)  # on the host: the e4m3 blocks are what streams
             for name, module in transformer.named_children():
                 if name != "blocks":
                     module.to(device)
             layers = LayerOffload(transformer.blocks, device, offload_slots)
         else:
             transformer = load_transformer(folder, dtype, device, ops)
+            if quantization == "fp8":
+                quantize_blocks(transformer.blocks)
         if parallel is not None:
             parallel.config.validate(transformer.config.num_attention_heads)
         text_device = torch.device("cpu") if offload != "none" else device
@@ -126,6 +135,9 @@ class Helios:
         Call between requests: a running request keeps the text keys/values it projected.
         A bad adapter raises CheckpointError naming it and leaves the weights as they were.
         """
+        if adapters and fp8_quantized(self.transformer):
+            raise CheckpointError("LoRA with quantization fp8: adapters merge into dense weights, which fp8 replaced; "
+                                  "load without quantization to use LoRA")
         self.loras.apply(adapters)
 
     @property

@@ -149,6 +149,7 @@ def test_bad_options_give_one_line_naming_the_option(checkpoints, capsys, tmp_pa
         assert "--device: device 'cuda': no CUDA GPU is available" in cli_error(capsys, *m, "--device", "cuda")
     assert "--device: device 'npu'" in cli_error(capsys, *m, "--device", "npu")
     assert "--vae-frames-per-call: must be >= 0" in cli_error(capsys, *m, "--vae-frames-per-call", "-1")
+    assert "--quantization: quantization fp8 needs an NVIDIA GPU" in cli_error(capsys, *m, "--quantization", "fp8")
     assert "--prompts-from: cannot read" in cli_error(capsys, *m, "--prompts-from", str(tmp_path / "missing.txt"))
     assert not list(tmp_path.glob("*.mp4.partial"))
 
