@@ -1,4 +1,4 @@
-"""A client session on vLLM-Omni's realtime video websocket (`--diffusion-streaming-output`)."""
+"""Client sessions on the engines' realtime video websockets: vLLM-Omni's (`--diffusion-streaming-output`) and SGLang's."""
 
 from __future__ import annotations
 
@@ -43,3 +43,53 @@ async def realtime_session(
                 replies.append(event)
             elif event.get("type") in ("session.done", "error"):
                 return chunks, data, (time.time(), event)
+
+
+async def sglang_realtime_session(
+    url: str, init: dict, timeout: float = 600, after_chunk: dict[int, list[dict]] | None = None,
+    close_after: int | None = None,
+) -> dict:
+    """One session on SGLang's realtime video websocket (`/v1/realtime_video/generate`, msgpack).
+
+    Sends `init`; after the frames of chunk k have arrived, sends `after_chunk[k]` (events) and,
+    at `close_after` = k, closes the websocket. Returns {"frames": {chunk: [(H, W, 3) uint8 ...]},
+    "stats": [chunk_stats ...], "errors": [error messages ...], "closed": why it ended}.
+    SGLang sends a frame batch as one message, or, when large, a header followed by the raw bytes.
+    """
+    import msgspec.msgpack
+    import numpy as np
+    import websockets
+
+    frames: dict[int, list] = {}
+    stats, errors = [], []
+    header = None
+    async with websockets.connect(url, max_size=None, open_timeout=60) as ws:
+        await ws.send(msgspec.msgpack.encode({"type": "init", **init}))
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.recv(), timeout=timeout)
+            except websockets.ConnectionClosed as closed:
+                return {"frames": frames, "stats": stats, "errors": errors, "closed": closed.rcvd.reason if closed.rcvd else "closed"}
+            if header is not None:
+                payload, batch = message, header
+                header = None
+            else:
+                batch = msgspec.msgpack.decode(message)
+                if batch.get("type") == "frame_batch_header":
+                    header = batch
+                    continue
+                payload = batch.get("payload")
+            kind = batch.get("type")
+            if kind in ("frame_batch", "frame_batch_header"):
+                shape = (batch["num_frames"], batch["height"], batch["width"], batch["channels"])
+                frames.setdefault(batch["chunk_index"], []).extend(np.frombuffer(payload, np.uint8).reshape(shape))
+            elif kind == "error":
+                errors.append(batch)
+            elif kind == "chunk_stats":
+                stats.append(batch)
+                k = batch["chunk_index"]
+                for event in (after_chunk or {}).get(k, []):
+                    await ws.send(msgspec.msgpack.encode(event))
+                if close_after == k:
+                    await ws.close()
+                    return {"frames": frames, "stats": stats, "errors": errors, "closed": "client"}
