@@ -16,12 +16,11 @@ import os
 import urllib.parse
 from pathlib import Path
 
-import msgspec.msgpack
 import numpy as np
 import pytest
 
 from helios_harness.launch import Http, Launched, free_port, wait_ready
-from helios_harness.realtime import sglang_realtime_session
+from helios_harness.realtime import SglangMessages, sglang_realtime_session
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "helios_backends" / "web" / "live.html"
@@ -73,27 +72,6 @@ def browser():
         browser.close()
 
 
-def received_frames(messages: list[bytes]) -> dict[int, list[np.ndarray]]:
-    """Frames per chunk from SGLang's messages as the browser received them (a large frame batch
-    is a msgpack header followed by its raw bytes)."""
-    frames: dict[int, list[np.ndarray]] = {}
-    header = None
-    for message in messages:
-        if header is not None:
-            batch, payload, header = header, message, None
-        else:
-            batch = msgspec.msgpack.decode(message)
-            if batch.get("type") == "frame_batch_header":
-                header = batch
-                continue
-            if batch.get("type") != "frame_batch":
-                continue
-            payload = batch["payload"]
-        shape = (batch["num_frames"], batch["height"], batch["width"], batch["channels"])
-        frames.setdefault(batch["chunk_index"], []).extend(np.frombuffer(payload, np.uint8).reshape(shape))
-    return frames
-
-
 def test_the_page_plays_the_sglang_stream_and_its_prompt_box_changes_the_video(server, browser):
     url, process = server
     page = browser.new_page()
@@ -114,8 +92,9 @@ def test_the_page_plays_the_sglang_stream_and_its_prompt_box_changes_the_video(s
     k = live["changes"][0]["started"]
     assert k in (1, 2), live
 
-    frames = received_frames(received)
-    video = np.stack([f for i in sorted(frames) for f in frames[i]])
+    messages = SglangMessages()
+    batches = [m for m in map(messages.read, received) if m is not None and m["type"] == "frame_batch"]
+    video = np.concatenate([b["frames"] for b in sorted(batches, key=lambda b: b["chunk_index"])])
     assert video.shape == (99, 64, 128, 3)
     canvas = page.evaluate("() => Array.from(document.getElementById('canvas').getContext('2d').getImageData(0, 0, 128, 64).data)")
     shown = np.array(canvas, np.uint8).reshape(64, 128, 4)[..., :3]

@@ -22,6 +22,7 @@ from helios_backends.request import MAX_NUM_FRAMES, GenerationRequest, PromptSeg
 from helios_harness.realtime import sglang_realtime_session
 
 from .conftest import HEIGHT, WIDTH, start_server
+from .test_parallel import parallel_folders  # noqa: F401 (the module fixture: tiny folders Ulysses can split)
 
 START = {"prompt": "a fox", "height": HEIGHT, "width": WIDTH, "seed": 4}
 
@@ -145,3 +146,26 @@ def test_init_takes_the_variants_defaults_not_sglangs_832x480_and_guidance_1(tin
     with pytest.raises(RequestError) as error:
         init_request(_init(prompt="a fox", condition_inputs={"segments": []}))
     assert error.value.field == "condition_inputs"
+
+
+def test_two_sequence_parallel_workers_apply_a_live_change_at_the_same_chunk(parallel_folders, fp32_config, tmp_path):
+    """`--num-gpus 2 --ulysses-degree 2` on SGLang's CPU platform (gloo): every worker runs the
+    chunk requests on its own core session, so both take the change at the chunk the server reports
+    and the video is one process's schedule video (a pixel may differ by one rounding step, as in
+    test_parallel). A change sent right after init lands at chunk 1: SGLang prepares chunk 0
+    before it reads events."""
+    folder = parallel_folders["distilled"]
+    server = start_server(folder, fp32_config, tmp_path, "--num-gpus", "2", "--ulysses-degree", "2")
+    try:
+        start = {"prompt": "a kite", "height": 64, "width": 256, "seed": 3}
+        result = _session(server, {**start, "max_chunks": 2}, after_init=[_event(9, prompt="a storm", transition_chunks=1)])
+    finally:
+        server.stop()
+    assert result["errors"] == [] and [(s["chunk_index"], s["event_id"]) for s in result["stats"]] == [(0, None), (1, 9)]
+    schedule = GenerationRequest(**start, num_frames=MAX_NUM_FRAMES, interpolation_steps=1,
+                                 prompt_schedule=[PromptSegment(0, "a kite"), PromptSegment(1, "a storm")])
+    expected = core_chunks(folder, schedule, 2)
+    got = _video(result)
+    assert got.shape == expected.shape
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (int(diff.max()), float((diff > 0).mean()))
