@@ -59,9 +59,13 @@ function sglang(server, start) {
   canvas.hidden = false;
   const queue = [];
   const fps = start.fps || 24;
+  let closed = false;
   const timer = setInterval(() => {
     const frame = queue.shift();
-    if (!frame) return;
+    if (!frame) {
+      if (closed) clearInterval(timer);  // every frame that arrived has been shown
+      return;
+    }
     if (canvas.width !== frame.width || canvas.height !== frame.height) [canvas.width, canvas.height] = [frame.width, frame.height];
     if (frame instanceof ImageData) context.putImageData(frame, 0, 0); else context.drawImage(frame, 0, 0);
     live.shown += 1;
@@ -107,7 +111,7 @@ function sglang(server, start) {
     else if (message.type === "error") fail(message.content);
   };
   ws.onclose = (event) => {
-    clearInterval(timer);
+    closed = true;
     ended(event.reason || `closed (${event.code})`);
   };
   return {

@@ -1,11 +1,13 @@
-"""The live page (helios_backends/web/live.html) in headless Chromium against a real `sglang serve`.
+"""The live page (helios_backends/web/live.html) in headless Chromium against real servers.
 
-Opened from its file with the server in the query, as a user opens it: the page plays the stream
-on its canvas and its prompt box changes the prompt live. Verified from both ends: the canvas
-shows frames the server sent (as captured on the browser's websocket), the server logs the change
-at the chunk the page reports, and the video the browser received equals the server's own video
-for the prompt schedule starting the change at that chunk (asked for by a second websocket
-client), so the change reached the core session.
+Opened from its file with the server in the query, as a user opens it. SGLang: the page plays the
+stream on its canvas and its prompt box changes the prompt live, verified from both ends: the
+canvas shows frames the server sent (as captured on the browser's websocket), the server logs the
+change at the chunk the page reports, and the video the browser received equals the server's own
+video for the prompt schedule starting the change at that chunk (asked for by a second websocket
+client), so the change reached the core session. vLLM-Omni: the page plays the fragmented MP4
+through MediaSource (the <video> presents decoded frames of the served size) and the server
+reports the page's change as started at a later chunk.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -34,21 +37,25 @@ ENGINE_ENV = {
 }
 
 
-def _sglang_env() -> Path:
-    env = os.environ.get("HELIOS_SGLANG_ENV")
-    if not env or not (Path(env) / "bin" / "sglang").is_file():
-        pytest.fail(f"HELIOS_SGLANG_ENV={env!r}: needs the sglang environment (scripts/test browser sets it)")
+def _engine_env(engine: str) -> Path:
+    variable = f"HELIOS_{engine.upper()}_ENV"
+    env = os.environ.get(variable)
+    if not env or not (Path(env) / "bin" / engine).is_file():
+        pytest.fail(f"{variable}={env!r}: needs the {engine} environment (scripts/test browser sets it)")
     return Path(env)
+
+
+def _tiny_folder(env: Path, work: Path) -> Path:
+    folder = work / "tiny"
+    subprocess.run([str(env / "bin" / "helios"), "make-tiny", str(folder), "--variant", "distilled"], check=True, capture_output=True)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    env = _sglang_env()
-    work = tmp_path_factory.mktemp("live-page")
-    folder = work / "tiny"
-    import subprocess
-
-    subprocess.run([str(env / "bin" / "helios"), "make-tiny", str(folder), "--variant", "distilled"], check=True, capture_output=True)
+    env = _engine_env("sglang")
+    work = tmp_path_factory.mktemp("live-page-sglang")
+    folder = _tiny_folder(env, work)
     config = work / "fp32.json"
     config.write_text(json.dumps({"dit_precision": "fp32", "vae_precision": "fp32"}))
     port = free_port()
@@ -57,6 +64,21 @@ def server(tmp_path_factory):
     process = Launched(command, work / "server.log", env={**os.environ, **ENGINE_ENV}, cwd=work, sample_memory=False)
     wait_ready(process, Http(f"http://127.0.0.1:{port}"), timeout=420)
     yield f"ws://127.0.0.1:{port}", process
+    process.stop(grace=60)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    env = _engine_env("vllm")
+    work = tmp_path_factory.mktemp("live-page-vllm")
+    folder = _tiny_folder(env, work)
+    port = free_port()
+    command = [str(env / "bin" / "vllm"), "serve", str(folder), "--omni", "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", "float32", "--enforce-eager", "--diffusion-streaming-output"]
+    process = Launched(command, work / "server.log", env={**os.environ, "HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"},
+                       cwd=work, sample_memory=False)
+    wait_ready(process, Http(f"http://127.0.0.1:{port}"), timeout=420)
+    yield f"ws://127.0.0.1:{port}"
     process.stop(grace=60)
 
 
@@ -105,3 +127,21 @@ def test_the_page_plays_the_sglang_stream_and_its_prompt_box_changes_the_video(s
     reference = asyncio.run(sglang_realtime_session(f"{url}/v1/realtime_video/generate", schedule, timeout=240))
     assert reference["errors"] == [], reference["errors"]
     np.testing.assert_array_equal(video, np.stack([f for i in sorted(reference["frames"]) for f in reference["frames"][i]]))
+
+
+def test_the_page_plays_vllm_omnis_fragmented_mp4_and_its_prompt_box_reaches_the_server(vllm_server, browser):
+    page = browser.new_page()
+    options = {"width": 128, "height": 64, "num_frames": 132, "seed": 4, "extra_params": {"pyramid_steps": [1, 1, 1]}}
+    query = urllib.parse.urlencode({"engine": "vllm", "server": vllm_server, "prompt": "a fox", "options": json.dumps(options)})
+    page.goto(f"{PAGE.as_uri()}?{query}")
+    page.click("#start")
+    page.wait_for_function("() => heliosLive.shown > 0", timeout=240_000)  # <video> presented a decoded frame
+
+    page.fill("#change", "a fox in a storm")
+    page.click("#send")
+    page.wait_for_function("() => heliosLive.ended !== null", timeout=300_000)
+    live = page.evaluate("() => ({changes: heliosLive.changes, errors: heliosLive.errors, ended: heliosLive.ended, "
+                         "chunks: heliosLive.chunks.map(c => c.frames), size: [document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]})")
+    assert live["errors"] == [] and live["ended"] == "session.done", live
+    assert len(live["chunks"]) == 4 and live["size"] == [128, 64], live
+    assert live["changes"][0]["started"] in (1, 2, 3), live  # the server's started_event_ids name the change
