@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ def test_the_page_plays_the_sglang_stream_and_its_prompt_box_changes_the_video(s
 
     assert f"Helios core: live prompt from chunk {k}: 'a fox in a storm'" in process.log.read_text(errors="replace")
     schedule = {**START, "prompt": "a fox", "prompt_schedule": [[0, "a fox"], [k, "a fox in a storm"]], "interpolation_steps": 2}
-    reference = asyncio.run(sglang_realtime_session(f"{url}/v1/realtime_video/generate", schedule, timeout=240))
+    with ThreadPoolExecutor(1) as thread:  # Playwright's sync API keeps an event loop on this thread
+        reference = thread.submit(asyncio.run, sglang_realtime_session(f"{url}/v1/realtime_video/generate", schedule, timeout=240)).result()
     assert reference["errors"] == [], reference["errors"]
     np.testing.assert_array_equal(video, np.stack([f for i in sorted(reference["frames"]) for f in reference["frames"][i]]))
 
