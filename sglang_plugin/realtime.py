@@ -52,6 +52,7 @@ from helios_backends.errors import RequestError
 from helios_backends.loading import plan_for_folder
 from helios_backends.request import MAX_NUM_FRAMES, REQUEST_FIELDS, GenerationRequest
 
+from .configs import HeliosCoreConfig, served_checkpoint
 from .request_mapping import core_generator
 
 logger = init_logger(__name__)
@@ -148,8 +149,6 @@ class HeliosRealtimeAdapter(BaseRealtimeModelAdapter):
     async def on_init(self, session, request) -> None:
         """Check the request against the served checkpoint; a refusal is reported by the first chunk
         (SGLang answers a failed init with a bare "invalid generate request")."""
-        from .configs import served_checkpoint
-
         control: HeliosLiveControl = session.adapter_state
         try:
             core = init_request(request)
@@ -284,7 +283,5 @@ def run_realtime_chunk(helios, batch: Req) -> OutputBatch:
 def register_realtime() -> None:
     """Serve HeliosCoreConfig's servers on SGLang's realtime websocket with this adapter."""
     from sglang.multimodal_gen.runtime.entrypoints.openai.realtime.registry import register_realtime_model_adapter
-
-    from .configs import HeliosCoreConfig
 
     register_realtime_model_adapter(HeliosCoreConfig, HeliosRealtimeAdapter)

@@ -142,6 +142,7 @@ function vllm(server, start) {
   video.src = URL.createObjectURL(source);
   const pending = [];
   let buffer = null;
+  let opening = false;
   let metadata = null;
   const append = () => {
     if (buffer && !buffer.updating && pending.length) buffer.appendBuffer(pending.shift());
@@ -159,7 +160,8 @@ function vllm(server, start) {
   ws.onmessage = (event) => {
     if (typeof event.data !== "string") {
       const bytes = new Uint8Array(event.data);
-      if (!buffer) {
+      if (!opening) {  // the first bytes hold the init segment: its codec opens the buffer
+        opening = true;
         const open = () => {
           buffer = source.addSourceBuffer(`video/mp4; codecs="${avcCodec(bytes)}"`);
           buffer.mode = "sequence";
