@@ -27,6 +27,7 @@ from .parallel import check_sp_degree
 
 Task = Literal["t2v", "i2v", "v2v"]
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_NUM_FRAMES = 100_000  # the longest request; a realtime stream without num_frames runs up to it
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def plan(
             raise RequestError(name, f"must be a multiple of {multiple} for {stages} pyramid stage(s), got {value}")
 
     num_frames = pick(request.num_frames, d.num_frames)
-    _check_range("num_frames", num_frames, low=1, high=100_000)
+    _check_range("num_frames", num_frames, low=1, high=MAX_NUM_FRAMES)
     chunk_frames = request.num_latent_frames_per_chunk
     _check_range("num_latent_frames_per_chunk", chunk_frames, low=1, high=64)
     window = (chunk_frames - 1) * 4 + 1

@@ -6,5 +6,5 @@ bench/ nor tests/ is a library for the other, so the launcher both need lives he
 helios_* like every top-level package, so the repository root on the path shadows nothing.
 
 `launch`: start a command in its own process group, sample its tree's memory, wait until it
-serves, plain HTTP. `realtime`: one session on vLLM-Omni's realtime video websocket.
+serves, plain HTTP. `realtime`: one session on vLLM-Omni's or SGLang's realtime video websocket.
 """

@@ -130,7 +130,7 @@ class HeliosSamplingParamsBase(SamplingParams):
         folder is known there (the CLI), the worker's plan stage is the check.
         """
         request = to_generation_request(self, explicit_fields_of(req))
-        served = _served_checkpoint()
+        served = served_checkpoint()
         if served is not None:
             folder, sp_degree = served
             plan_for_folder(folder, request, sp_degree)
@@ -146,7 +146,7 @@ HeliosCoreSamplingParams = make_dataclass(
 )
 
 
-def _served_checkpoint() -> tuple[str, int] | None:
+def served_checkpoint() -> tuple[str, int] | None:
     """(folder, Ulysses x Ring degree) from SGLang's global server args; None without a local folder."""
     from sglang.multimodal_gen.runtime.server_args import get_global_server_args
 

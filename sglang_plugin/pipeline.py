@@ -8,6 +8,9 @@ folder; two stages then run the request on SGLang's request object:
                          denoised (progress reported per step) and decoded -> uint8 frames SGLang
                          writes as the mp4; the request's hold on the device released at its end
 
+A realtime websocket's chunk requests (`batch.session` set) skip the plan and run one chunk of
+the websocket's own core session (helios_sglang.realtime).
+
 The frames are handed over as uint8 arrays, which SGLang's writer takes as they are, so the
 served video holds exactly the core's frames.
 """
@@ -15,7 +18,6 @@ served video holds exactly the core's frames.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from sglang.multimodal_gen.runtime.disaggregation.roles import RoleType
 from sglang.multimodal_gen.runtime.distributed.group_coordinator import get_local_torch_device
@@ -33,7 +35,8 @@ from helios_backends.pipeline import Helios
 from .front_door import check_not_deleted, startup_loras
 from .offload import core_offload
 from .parallel import worker_parallel_groups
-from .request_mapping import explicit_fields_of, to_generation_request
+from .realtime import run_realtime_chunk
+from .request_mapping import core_generator, explicit_fields_of, to_generation_request
 
 
 logger = init_logger(__name__)
@@ -47,6 +50,8 @@ class _HeliosStage(PipelineStage):
 
 class HeliosPlanStage(_HeliosStage):
     def forward(self, batch: Req, server_args: ServerArgs) -> Req:
+        if batch.session is not None:  # a realtime chunk: its session was planned at chunk 0
+            return batch
         request = to_generation_request(batch.sampling_params, explicit_fields_of(batch))
         batch.helios_plan = self.helios.plan(request)
         return batch
@@ -54,12 +59,10 @@ class HeliosPlanStage(_HeliosStage):
 
 class HeliosSessionStage(_HeliosStage):
     def forward(self, batch: Req, server_args: ServerArgs) -> OutputBatch:
+        if batch.session is not None:
+            return run_realtime_chunk(self.helios, batch)
         plan = batch.helios_plan
-        generator = None
-        if batch.sampling_params.generator_device == "cpu" and plan.seed is not None:
-            # SGLang's switch for device-independent noise: the core draws on this generator's device.
-            generator = torch.Generator("cpu").manual_seed(plan.seed)
-        session = self.helios.session(plan, generator=generator, keep="frames")
+        session = self.helios.session(plan, generator=core_generator(batch.sampling_params, plan), keep="frames")
         try:
             with self.progress_bar(total=session.total_steps, batch=batch) as progress:
 

@@ -35,6 +35,7 @@ def register() -> None:
         from .configs import HeliosCoreConfig, HeliosCoreSamplingParams
         from .front_door import register_front_door
         from .pipeline import HeliosCorePipeline, HeliosCorePyramidPipeline
+        from .realtime import register_realtime
 
         for pipeline_cls in (HeliosCorePipeline, HeliosCorePyramidPipeline):
             register_pipeline(
@@ -46,4 +47,5 @@ def register() -> None:
                 overwrite=True,
             )
         register_front_door()
+        register_realtime()
         _registered = True

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from helios_backends.errors import RequestError
 from helios_backends.request import REQUEST_FIELDS, GenerationRequest
 
@@ -58,6 +60,14 @@ def to_generation_request(params: Any, explicit_fields: set[str] | None) -> Gene
             fields[name] = value
     fields.update(engine_media(params))  # an input_reference upload SGLang saved for this request
     return GenerationRequest.from_fields(fields)
+
+
+def core_generator(params: Any, plan) -> torch.Generator | None:
+    """SGLang's `generator_device: "cpu"` asks for device-independent noise: the core then draws on a
+    CPU generator seeded with the request's seed; otherwise it seeds one on its own device."""
+    if params.generator_device == "cpu" and plan.seed is not None:
+        return torch.Generator("cpu").manual_seed(plan.seed)
+    return None
 
 
 def explicit_fields_of(req: Any) -> set[str] | None:
