@@ -45,6 +45,12 @@ class DeviceBackend:
     decoder: DecoderKernels | None = None
 
 
+def device_type_of(device: torch.device | str) -> str:
+    """The device type of a torch device or device name ("npu:1" -> "npu"), without asking torch,
+    which knows "npu" only once torch_npu is imported."""
+    return str(device).split(":")[0]
+
+
 def device_backend(device_type: str) -> DeviceBackend | None:
     """The installed backend for a torch device type ("cuda", "npu"), or None where none is."""
     found = {ep.value: ep for ep in entry_points(group=ENTRY_POINT_GROUP, name=device_type)}

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from .config import PipelineConfig, SchedulerConfig, TransformerConfig
-from .backends import device_backend
+from .backends import device_backend, device_type_of
 from .errors import CheckpointError
 from .ops import default_ops
 from .request import GenerationRequest, Plan, plan
@@ -44,7 +44,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch device that exists on this machine, or a clear error."""
-    kind = str(device).split(":")[0]
+    kind = device_type_of(device)
     backend = device_backend(kind) if kind not in ("cpu", "cuda") else None
     if backend is not None and backend.device is not None:
         return backend.device(str(device))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backends import device_backend
+from .backends import device_backend, device_type_of
 
 
 def _rows(t: torch.Tensor, split: int, length: int):
@@ -99,6 +99,11 @@ class TorchOps:
 def default_ops(device: torch.device | str) -> TorchOps:
     """The ops a device gets when the caller names none: its installed backend's (fused Triton
     kernels on CUDA, torch_npu's kernels on an Ascend NPU: helios_backends.backends), else the
-    torch reference."""
-    backend = device_backend(torch.device(device).type)
+    torch reference.
+
+    device: a torch device ("npu:1") or an engine platform's device type ("npu"). The engine
+    adapters pass their platform's device type, so the engine's platform choice (vllm-ascend's,
+    SGLang's NPU platform) is what picks the core's kernels; no adapter names a device itself.
+    """
+    backend = device_backend(device_type_of(device))
     return TorchOps() if backend is None else backend.ops()

@@ -56,34 +56,3 @@ def npu_device(name: str) -> torch.device:
         raise CheckpointError(f"device {name!r}: only {count} NPU(s) present")
     configure(torch_npu)
     return device
-
-
-def is_ascend_platform() -> bool:
-    """True where torch_npu loads and sees an NPU: the machine an engine's Ascend build runs on."""
-    torch_npu = import_torch_npu()
-    if torch_npu is None:
-        return False
-    try:
-        return bool(torch_npu.npu.is_available())
-    except RuntimeError:
-        return False
-
-
-def ascend_ops(device: torch.device | str | None = None):
-    """NpuOps (which apply the Ascend settings) for a model an engine places on an NPU, else None.
-
-    device: where the engine puts the model ("npu:3", torch.device("npu", 3), "cuda:0"); None
-    lets the platform decide. None back means "not Ascend", so an adapter keeps its own ops
-    (`ops = ascend_ops(device) or my_ops`). Raises CheckpointError when an npu device is named
-    but torch_npu cannot load.
-    """
-    if device is None:
-        if not is_ascend_platform():
-            return None
-    elif str(device).split(":")[0] != "npu":
-        return None
-    if import_torch_npu() is None:
-        raise CheckpointError(f"device {str(device)!r}: {MISSING}")
-    from .ops import NpuOps
-
-    return NpuOps()

@@ -21,6 +21,7 @@ import numpy as np
 
 from sglang.multimodal_gen.runtime.disaggregation.roles import RoleType
 from sglang.multimodal_gen.runtime.distributed.group_coordinator import get_local_torch_device
+from sglang.multimodal_gen.runtime.platforms import current_platform
 from sglang.multimodal_gen.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from sglang.multimodal_gen.runtime.pipelines_core.schedule_batch import OutputBatch, Req
 from sglang.multimodal_gen.runtime.pipelines_core.stages.base import PipelineStage
@@ -30,6 +31,7 @@ from sglang.multimodal_gen.runtime.utils.logging_utils import init_logger
 from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYPE
 
 from helios_backends.loading import read_configs
+from helios_backends.ops import default_ops
 from helios_backends.pipeline import Helios
 
 from .front_door import check_not_deleted, startup_loras
@@ -107,6 +109,7 @@ class HeliosCorePipeline(ComposedPipelineBase):
         helios = Helios.from_pretrained(
             folder,
             device=get_local_torch_device(),
+            ops=default_ops(current_platform.device_type),  # SGLang's NPU platform: the NPU backend
             dtype=PRECISION_TO_TYPE[config.dit_precision],
             vae_dtype=PRECISION_TO_TYPE[config.vae_precision],
             parallel=parallel,

@@ -20,6 +20,7 @@ import importlib.machinery
 import math
 import sys
 import types
+from pathlib import Path
 
 import torch
 
@@ -243,3 +244,15 @@ def install_with_backend(device_count: int) -> types.ModuleType:
     torch.utils.rename_privateuse1_backend("npu")
     torch._register_device_module("npu", module.npu)
     return module
+
+
+def register_entry_points(root: Path, groups: dict[str, dict[str, str]]) -> None:
+    """Declare entry points ({group: {name: "module:attr"}}) as a test-only installed distribution
+    in `root`, put on sys.path: an engine's own plugin discovery (importlib.metadata) finds them
+    there as it finds vllm-ascend's or any platform package's."""
+    dist = root / "helios_ascend_standin-0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: helios-ascend-standin\nVersion: 0\n")
+    lines = [line for group, names in groups.items() for line in (f"[{group}]", *(f"{n} = {v}" for n, v in names.items()), "")]
+    (dist / "entry_points.txt").write_text("\n".join(lines))
+    sys.path.insert(0, str(root))

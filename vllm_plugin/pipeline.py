@@ -24,11 +24,13 @@ from vllm_omni.diffusion.interaction.modality_handlers.prompt import PromptSessi
 from vllm_omni.diffusion.interaction.types import ChunkMediaSpec
 from vllm_omni.diffusion.models.interface import ReferenceVideoDecodeSpec
 from vllm_omni.errors import OmniClientError
+from vllm_omni.platforms import current_omni_platform
 from vllm.logger import init_logger
 
 from helios_backends.errors import CheckpointError, GenerationTimeout, RequestError
 from helios_backends.loading import FolderConfigs, plan_for_folder, read_configs
 from helios_backends.media_read import MAX_VIDEO_FRAMES
+from helios_backends.ops import default_ops
 from helios_backends.config import VARIANT_DEFAULTS, uses_cfg_by_default
 from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_parallel_config
 from helios_backends.pipeline import Helios
@@ -92,8 +94,6 @@ def served_parallel_config(od_config: OmniDiffusionConfig, configs: FolderConfig
 def check_cpu_workers(od_config: OmniDiffusionConfig, config: ParallelConfig) -> None:
     """Several CPU workers need --step-execution: vLLM-Omni's request-mode output thread opens an
     accelerator stream (`torch.Stream`), which fails on a host without one and leaves requests hanging."""
-    from vllm_omni.platforms import current_omni_platform
-
     from .platform import CpuOmniPlatform
 
     if config.world_size > 1 and not od_config.step_execution and isinstance(current_omni_platform, CpuOmniPlatform):
@@ -272,6 +272,7 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
             self.helios = Helios.from_pretrained(
                 od_config.model, device=get_local_device(), dtype=od_config.dtype, vae_dtype=settings["vae_dtype"],
                 parallel=parallel, offload=offload,
+                ops=default_ops(current_omni_platform.device_type),  # vllm-ascend's platform: the NPU backend
                 cuda_graphs=not od_config.enforce_eager,  # --enforce-eager: no captured graphs either
             )
         self.default_loras = startup_loras(od_config.lora_path, od_config.lora_scale)

@@ -1,4 +1,4 @@
-"""The pre-0.2 name of `helios_npu` (as in `npu.device.ascend_ops`): imports `helios_npu`, with a FutureWarning, for one release."""
+"""The pre-0.2 name of `helios_npu` (as in `npu.device.npu_device`): imports `helios_npu`, with a FutureWarning, for one release."""
 
 from helios_backends.renamed import forward
 
