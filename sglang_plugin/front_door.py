@@ -15,13 +15,13 @@ Media reach Helios in the body only: base64 / data-URL `image` and `video`, or a
 reads it, and refuses every other path.
 
 Engine options the core has no counterpart for (quantization, cache backends) are refused at
-start-up by `check_engine_options`, naming the flag. LoRA: `--lora-path PATH` (a local adapter
-file or folder) at `--lora-scale` is merged into the weights at load (`startup_loras`;
-`--lora-nickname` only names it); `--lora-merge-mode dynamic`, `--lora-alpha`,
-`--lora-weight-name` and `--lora-target-modules` are refused naming the flag. SGLang's video
-requests carry no LoRA; its runtime `/set_lora`, `/merge_lora_weights` and
-`/unmerge_lora_weights` are refused at the front door (400 naming the route) and the server
-keeps serving.
+start-up by `check_engine_options`, naming the flag; so are the LoRA flags the core's merge cannot
+honour (`--lora-merge-mode dynamic`, `--lora-alpha`, `--lora-weight-name`, `--lora-target-modules`).
+SGLang's video requests carry no LoRA (such fields are refused); its LoRA routes (/set_lora,
+/merge_lora_weights, /unmerge_lora_weights) are served by the core (helios_sglang.lora), and the
+front door reads a route's body first (`lora_route_error`): a path outside the server's
+--lora-path, a bad adapter file or an option the core lacks is a 400 naming it, and the worker is
+never asked.
 
 SGLang's DELETE only forgets a job's record (it has no abort for a running job), so the front
 door also records each DELETE as an empty marker file, and the worker's denoising loop
@@ -39,16 +39,15 @@ from starlette.responses import JSONResponse
 
 from helios_backends.errors import GenerationCancelled, RequestError
 from helios_backends.front_door import body_items, read_body, refused_field, replay, request_fields
+from helios_backends.loading import read_configs
+
+from .lora import ALPHA_FROM_FILE, ALWAYS_MERGED, MERGE_MODES, check_adapters, check_strength, check_target, configured_paths, requested_adapters
 
 NEVER_OPENED = "this server never opens a path named in a request"
 NEVER_FETCHED = "this server never fetches a URL named in a request; send the image as an `input_reference` upload or base64 `image`"
 NOT_OFFERED = "not offered by the Helios core; leave it unset"
-NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; the server's adapter is its --lora-path / --lora-scale"
+NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; switch the server's adapters with POST /set_lora (paths under its --lora-path)"
 LORA_ROUTES = frozenset({"/set_lora", "/merge_lora_weights", "/unmerge_lora_weights"})
-LORA_ROUTE_REFUSAL = (
-    "switching LoRA on a running Helios server is not offered; start it with --lora-path PATH --lora-scale S "
-    "(merged into the weights at load); the server keeps serving"
-)
 
 # Request field -> why it is refused (SGLang's /v1/videos and the routes sharing its request model).
 REFUSED_REQUEST_FIELDS = {
@@ -95,7 +94,7 @@ REFUSED_SERVER_ARGS = {
 }
 # ServerArgs field -> (flag, default, why): SGLang LoRA options the core's merge cannot honour.
 REFUSED_LORA_ARGS = {
-    "lora_alpha": ("--lora-alpha", None, "the core takes alpha from the adapter file (PEFT metadata or .alpha tensors, else its rank)"),
+    "lora_alpha": ("--lora-alpha", None, ALPHA_FROM_FILE),
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
@@ -160,17 +159,46 @@ class HeliosFrontDoor:
             mark_deleted(scope["server"][1] if scope.get("server") else 0, parts[2])
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        if scope.get("path") in LORA_ROUTES:
-            return await bad_request(RequestError(scope["path"], LORA_ROUTE_REFUSAL))(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
         if not complete:
             message = f"request body: larger than {MAX_CHECKED_BODY // 2**20} MiB, the most this server reads"
             return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
         items = await body_items(scope, messages, MAX_CHECKED_BODY)
-        error = refused(items) if items is not None else None
+        if scope.get("path") in LORA_ROUTES:
+            error = lora_route_error(scope["path"], dict(items)) if items is not None else None
+        else:
+            error = refused(items) if items is not None else None
         if error is not None:
             return await bad_request(error)(scope, receive, send)
         await self.app(scope, replay(messages, receive), send)
+
+
+def lora_route_error(route: str, body: dict[str, Any]) -> RequestError | None:
+    """What the front door answers a LoRA route's JSON body with: a RequestError naming the field, or
+    None to pass it on (a body SGLang's route itself refuses passes too: it answers 422)."""
+    from sglang.multimodal_gen.runtime.server_args import get_global_server_args
+
+    try:
+        server_args = get_global_server_args()
+        if route != "/set_lora":
+            check_target(body.get("target", "all"))
+            if route == "/merge_lora_weights":
+                check_strength(body.get("strength", 1.0))
+            return None
+        if "lora_nickname" not in body:
+            return None
+        adapters = requested_adapters(
+            body["lora_nickname"], body.get("lora_path"), body.get("strength", 1.0), body.get("target", "all"),
+            body.get("merge_mode"), body.get("lora_alpha"), configured_paths(server_args), loaded=None,
+        )
+        folder = Path(server_args.model_path)
+        if folder.is_dir():
+            check_adapters(adapters, read_configs(folder).transformer)
+    except RequestError as exc:
+        return exc
+    except (TypeError, ValueError, AttributeError):  # not the route's types: its own validation answers
+        return None
+    return None
 
 
 def add_front_door(app, server_args, *args, **kwargs) -> None:
@@ -199,14 +227,8 @@ def check_engine_options(server_args: Any) -> None:
         if value not in (default, None):
             raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
     mode = getattr(server_args, "lora_merge_mode", "auto")
-    if mode not in ("auto", "merge"):
-        raise ValueError(f"--lora-merge-mode {mode}: the Helios core merges adapters into the weights (accepted: auto, merge)")
-
-
-def startup_loras(server_args: Any) -> list[tuple[str, float]]:
-    """The server's adapter set: --lora-path at --lora-scale, or none."""
-    path = getattr(server_args, "lora_path", None)
-    return [] if path is None else [(path, float(server_args.lora_scale))]
+    if mode not in MERGE_MODES:
+        raise ValueError(f"--lora-merge-mode {mode}: {ALWAYS_MERGED} (accepted: {', '.join(MERGE_MODES)})")
 
 
 def _upload_dirs() -> list[Path]:
