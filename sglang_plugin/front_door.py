@@ -17,8 +17,8 @@ reads it, and refuses every other path.
 Engine options the core has no counterpart for (quantization, cache backends) are refused at
 start-up by `check_engine_options`, naming the flag; so are the LoRA flags the core's merge cannot
 honour (`--lora-merge-mode dynamic`, `--lora-alpha`, `--lora-weight-name`, `--lora-target-modules`).
-SGLang's video requests carry no LoRA (such fields are refused); its LoRA routes (/set_lora,
-/merge_lora_weights, /unmerge_lora_weights) are served by the core (helios_sglang.lora), and the
+SGLang's video requests carry no LoRA (such fields are refused); its LoRA routes (/v1/set_lora,
+/v1/merge_lora_weights, /v1/unmerge_lora_weights) are served by the core (helios_sglang.lora), and the
 front door reads a route's body first (`lora_route_error`): a path outside the server's
 --lora-path, a bad adapter file or an option the core lacks is a 400 naming it, and the worker is
 never asked.
@@ -46,8 +46,8 @@ from .lora import ALPHA_FROM_FILE, ALWAYS_MERGED, MERGE_MODES, check_adapters, c
 NEVER_OPENED = "this server never opens a path named in a request"
 NEVER_FETCHED = "this server never fetches a URL named in a request; send the image as an `input_reference` upload or base64 `image`"
 NOT_OFFERED = "not offered by the Helios core; leave it unset"
-NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; switch the server's adapters with POST /set_lora (paths under its --lora-path)"
-LORA_ROUTES = frozenset({"/set_lora", "/merge_lora_weights", "/unmerge_lora_weights"})
+NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; switch the server's adapters with POST /v1/set_lora (paths under its --lora-path)"
+LORA_ROUTES = frozenset({"/v1/set_lora", "/v1/merge_lora_weights", "/v1/unmerge_lora_weights"})
 
 # Request field -> why it is refused (SGLang's /v1/videos and the routes sharing its request model).
 REFUSED_REQUEST_FIELDS = {
@@ -180,9 +180,9 @@ def lora_route_error(route: str, body: dict[str, Any]) -> RequestError | None:
 
     try:
         server_args = get_global_server_args()
-        if route != "/set_lora":
+        if route != "/v1/set_lora":
             check_target(body.get("target", "all"))
-            if route == "/merge_lora_weights":
+            if route == "/v1/merge_lora_weights":
                 check_strength(body.get("strength", 1.0))
             return None
         if "lora_nickname" not in body:

@@ -3,15 +3,17 @@
     --lora-path P --lora-scale S [--lora-nickname N]   P merged at load at S; P is also what a route
                                                       may name: P itself, or an adapter inside P when
                                                       P is a folder (helios_backends.front_door.configured_lora)
-    POST /set_lora {lora_nickname, lora_path, strength}   merge exactly these adapters (one or lists);
-                                                      a nickname given before needs no path again
-    POST /unmerge_lora_weights                        the base weights back; the adapters stay loaded
-    POST /merge_lora_weights {strength}               the loaded adapters merged again, each at `strength`
-    GET  /list_loras                                  the loaded adapters and what is merged
+    POST /v1/set_lora {lora_nickname, lora_path, strength}
+                                    merge exactly these adapters (one, or lists of equal length);
+                                    a nickname loaded before needs no path again
+    POST /v1/unmerge_lora_weights   the base weights back; the adapters stay loaded
+    POST /v1/merge_lora_weights {strength}
+                                    the adapters of the last set_lora merged again, each at `strength`
+    GET  /v1/list_loras             the loaded adapters and what is merged
 
 SGLang's worker answers these routes by calling its pipeline's `LoRAPipeline` methods; the Helios
 pipeline (helios_sglang.pipeline) overrides them to merge through the core's `LoraSet` instead of
-wrapping layers. `requested_adapters` reads a /set_lora call the same way in the HTTP front door
+wrapping layers. `requested_adapters` reads a /v1/set_lora call the same way in the HTTP front door
 (a 400 naming the field before the worker is asked) and in the worker (SGLang's Python API reaches
 it without HTTP). Refused, naming the field: a path the server was not configured with, a bad
 adapter file, targets other than all / transformer (Helios has one transformer), merge_mode
@@ -38,7 +40,7 @@ ALPHA_FROM_FILE = "the core takes alpha from the adapter file (PEFT metadata or 
 
 @dataclass(frozen=True)
 class NamedAdapter:
-    """One adapter of a /set_lora call: SGLang's nickname for it, its configured path and its scale."""
+    """One adapter of a /v1/set_lora call: SGLang's nickname for it, its configured path and its scale."""
 
     nickname: str
     path: str
@@ -82,7 +84,7 @@ def requested_adapters(
     configured: Sequence[str],
     loaded: Mapping[str, str] | None,
 ) -> list[NamedAdapter]:
-    """A /set_lora call as the adapters to merge, or a RequestError naming the field.
+    """A /v1/set_lora call as the adapters to merge, or a RequestError naming the field.
 
     loaded: nickname -> path of the adapters the worker read before (a nickname may then come
     without its path); None in the HTTP process, which does not know them and leaves such a
@@ -118,7 +120,7 @@ def check_adapters(adapters: Sequence[NamedAdapter], config: TransformerConfig) 
 
 
 def lora_status(adapters: Sequence[NamedAdapter], loaded: Mapping[str, str], merged: bool) -> dict:
-    """`/list_loras` (and SGLang's LoRA metrics) in the shape of SGLang's `LoRAPipeline.get_lora_status`."""
+    """`/v1/list_loras` (and SGLang's LoRA metrics) in the shape of SGLang's `LoRAPipeline.get_lora_status`."""
     active = {}
     if merged and adapters:
         nicknames = [a.nickname for a in adapters]

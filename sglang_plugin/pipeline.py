@@ -12,7 +12,7 @@ The frames are handed over as uint8 arrays, which SGLang's writer takes as they 
 served video holds exactly the core's frames.
 
 The pipeline is a `LoRAPipeline`, the class SGLang's worker asks for its LoRA routes
-(/set_lora, /merge_lora_weights, /unmerge_lora_weights, /list_loras) and whose start-up applies
+(/v1/set_lora, /v1/merge_lora_weights, /v1/unmerge_lora_weights, /v1/list_loras) and whose start-up applies
 --lora-path; its methods are overridden to merge through the core (helios_sglang.lora).
 """
 
@@ -142,7 +142,7 @@ class HeliosCorePipeline(LoRAPipeline):
         lora_alpha: int | None | list[int | None] = None,
         cache_merged: bool = False,
     ) -> None:
-        """Merge exactly the named adapters (SGLang's start-up with --lora-path, and /set_lora).
+        """Merge exactly the named adapters (SGLang's start-up with --lora-path, and /v1/set_lora).
 
         A path must be the server's --lora-path or inside it; a bad adapter raises naming it and
         leaves the weights as they were (the worker answers the route with the error and serves on).
@@ -164,7 +164,7 @@ class HeliosCorePipeline(LoRAPipeline):
         """Merge the adapters of the last set_lora again (after an unmerge), each at `strength`."""
         check_target(target)
         if not self.adapter_set:
-            raise RequestError("merge_lora_weights", "no adapter is loaded; call /set_lora first")
+            raise RequestError("merge_lora_weights", "no adapter is loaded; call /v1/set_lora first")
         adapters = tuple(NamedAdapter(a.nickname, a.path, check_strength(strength)) for a in self.adapter_set)
         self.get_module("helios").set_loras([(a.path, a.scale) for a in adapters])
         self.adapter_set, self.adapters_merged = adapters, True

@@ -81,25 +81,25 @@ def test_served_video_equals_the_core_with_the_start_up_lora_at_its_scale(server
 
 
 def test_set_lora_merges_the_named_adapters_and_unmerge_restores_the_base(server, reference, loras):
-    status, payload = post(server, "/set_lora", {"lora_nickname": "other", "lora_path": str(loras["other"]), "strength": 0.5})
+    status, payload = post(server, "/v1/set_lora", {"lora_nickname": "other", "lora_path": str(loras["other"]), "strength": 0.5})
     assert status == 200, payload
     np.testing.assert_array_equal(server.generate(BODY), reference([(loras["other"], 0.5)]))
 
-    status, payload = post(server, "/unmerge_lora_weights", {})
+    status, payload = post(server, "/v1/unmerge_lora_weights", {})
     assert status == 200, payload
     np.testing.assert_array_equal(server.generate(BODY), reference([]))
 
     # Two adapters at once, one of them by the nickname it was loaded under.
     both = {"lora_nickname": ["style", "other"], "lora_path": [str(loras["startup"]), None], "strength": [SCALE, 0.5]}
-    status, payload = post(server, "/set_lora", both)
+    status, payload = post(server, "/v1/set_lora", both)
     assert status == 200, payload
     np.testing.assert_array_equal(server.generate(BODY), reference([(loras["startup"], SCALE), (loras["other"], 0.5)]))
-    status, listed = server.http.get_json("/list_loras")
+    status, listed = server.http.get_json("/v1/list_loras")
     assert status == 200 and listed["active"]["transformer"][0]["nicknames"] == ["style", "other"], listed
 
 
 def test_an_unconfigured_path_or_a_bad_adapter_is_a_400_naming_it_and_the_server_keeps_serving(server, reference, loras):
-    status, payload = post(server, "/set_lora", {"lora_nickname": "startup", "lora_path": str(loras["folder"])})
+    status, payload = post(server, "/v1/set_lora", {"lora_nickname": "startup", "lora_path": str(loras["folder"])})
     assert status == 200, payload
     refused = {
         "outside": ({"lora_nickname": "x", "lora_path": str(loras["outside"])}, "not an adapter this server was configured with"),
@@ -108,16 +108,16 @@ def test_an_unconfigured_path_or_a_bad_adapter_is_a_400_naming_it_and_the_server
         "misshaped": ({"lora_nickname": "x", "lora_path": str(loras["misshaped"])}, "blocks.0.attn1.to_q.lora_A.weight: shape [2, 3]"),
     }
     for case, (body, why) in refused.items():
-        status, payload = post(server, "/set_lora", body)
+        status, payload = post(server, "/v1/set_lora", body)
         assert status == 400, (case, payload)
         assert payload["detail"].startswith("lora_path: ") and why in payload["detail"], (case, payload)
-    for route, body, field in (("/set_lora", {"lora_nickname": "x", "lora_path": str(loras["other"]), "lora_alpha": 4}, "lora_alpha"),
-                               ("/set_lora", {"lora_nickname": "x", "lora_path": str(loras["other"]), "merge_mode": "dynamic"}, "merge_mode"),
-                               ("/merge_lora_weights", {"target": "transformer_2"}, "target")):
+    for route, body, field in (("/v1/set_lora", {"lora_nickname": "x", "lora_path": str(loras["other"]), "lora_alpha": 4}, "lora_alpha"),
+                               ("/v1/set_lora", {"lora_nickname": "x", "lora_path": str(loras["other"]), "merge_mode": "dynamic"}, "merge_mode"),
+                               ("/v1/merge_lora_weights", {"target": "transformer_2"}, "target")):
         status, payload = post(server, route, body)
         assert status == 400 and payload["detail"].startswith(f"{field}: "), (route, payload)
     # A nickname never loaded is the worker's to refuse (the front door does not know the loaded set).
-    status, payload = post(server, "/set_lora", {"lora_nickname": "never-loaded"})
+    status, payload = post(server, "/v1/set_lora", {"lora_nickname": "never-loaded"})
     assert status == 500 and "adapter 'never-loaded' is not loaded; give its lora_path" in payload["detail"], payload
     status, payload = server.post_video({**BODY, "lora_path": str(loras["other"])})
     assert status == 400 and payload["detail"].startswith("lora_path:"), payload
