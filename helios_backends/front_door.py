@@ -92,6 +92,29 @@ def replay(messages: list[dict], receive):
     return replayed
 
 
+def rewritten_response(send, rewrite):
+    """A send that holds a whole response and sends `rewrite(status, body) -> (status, body)` instead.
+
+    For the small JSON answers of job routes (the body is held in memory); content-length is set
+    to the new body's.
+    """
+    held: list[dict] = []
+
+    async def sending(message: dict) -> None:
+        held.append(message)
+        if message["type"] != "http.response.body" or message.get("more_body", False):
+            return
+        start = held[0]
+        status, body = rewrite(start["status"], b"".join(m.get("body", b"") for m in held[1:]))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        held.clear()
+        await send({**start, "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return sending
+
+
 async def body_items(scope, messages: list[dict], max_part_size: int) -> list[tuple[str, Any]] | None:
     """A complete body's (name, value) items: a JSON object's, or a form's (uploads as UploadFile).
 

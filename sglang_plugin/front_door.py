@@ -25,12 +25,23 @@ never asked.
 
 SGLang's DELETE only forgets a job's record (it has no abort for a running job), so the front
 door also records each DELETE as an empty marker file, and the worker's denoising loop
-(`check_not_deleted`) stops that job before its next step; the job then writes no video.
+(`check_not_deleted`) stops that job before its next step; the job then writes no video. The
+front door removes the deleted job's files (its saved uploads, its video if it had finished) and
+answers with `deleted: true`, as the OpenAI SDK's VideoDeleteResponse reads it; the marker goes
+when the job ends (or at once, when it had ended).
+
+The OpenAI SDK sends a list in a multipart form as repeated `key[]` fields, and SGLang's form
+reader keeps one value per key; the front door re-encodes such a form with each list as one
+field of JSON text (`form_lists_as_json`), which SGLang decodes.
 """
 
 from __future__ import annotations
 
+import glob
+import json
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +49,8 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from helios_backends.errors import GenerationCancelled, RequestError
-from helios_backends.front_door import body_items, read_body, refused_field, replay, request_fields
+from helios_backends.fields import form_fields
+from helios_backends.front_door import body_items, end_of_body, read_body, refused_field, replay, request_fields, rewritten_response
 from helios_backends.loading import read_configs
 
 from .lora import ALPHA_FROM_FILE, ALWAYS_MERGED, MERGE_MODES, check_adapters, check_strength, check_target, configured_paths, requested_adapters
@@ -121,42 +133,136 @@ def bad_request(exc: RequestError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
-def _deleted_dir(port: int) -> Path:
-    return Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}"
+def _is_job_id(text: Any) -> bool:
+    """A name SGLang could have given a job (it is used as a file name, never as a path)."""
+    return isinstance(text, str) and bool(text) and "/" not in text and not text.startswith(".")
 
 
-def mark_deleted(port: int, job_id: str) -> None:
-    """Record a DELETE of a job for the worker running it (SGLang has no abort message to send it)."""
-    if job_id and "/" not in job_id and not job_id.startswith("."):
-        folder = _deleted_dir(port)
-        folder.mkdir(exist_ok=True)
-        (folder / job_id).touch()
+def _deletion_marker(request_id: Any, port: int | None = None) -> Path | None:
+    """The empty file that records a DELETE of a job; port None: this worker's server (None in the CLI)."""
+    if not _is_job_id(request_id):
+        return None
+    if port is None:
+        from sglang.multimodal_gen.runtime.server_args import get_global_server_args
+
+        try:
+            port = get_global_server_args().port
+        except ValueError:  # no server in this process (the CLI)
+            return None
+    return Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}" / request_id
 
 
 def check_not_deleted(request_id: str | None) -> None:
     """In the worker, between denoising steps: stop a job whose DELETE the front door recorded."""
-    from sglang.multimodal_gen.runtime.server_args import get_global_server_args
-
-    try:
-        marker = _deleted_dir(get_global_server_args().port) / str(request_id)
-    except ValueError:  # no server in this process (the CLI)
-        return
-    if request_id and marker.exists():
-        marker.unlink(missing_ok=True)
+    marker = _deletion_marker(request_id)
+    if marker is not None and marker.exists():
         raise GenerationCancelled(f"job {request_id} was deleted")
 
 
-class HeliosFrontDoor:
-    """ASGI middleware: a POST naming a refused field is answered 400 before SGLang reads it; a
-    DELETE of a job is recorded for the worker, which stops it at its next denoising step."""
+def forget_deleted(request_id: str | None, port: int | None = None) -> None:
+    """Remove a job's DELETE record: the worker when the job ends, the front door when it had ended."""
+    marker = _deletion_marker(request_id, port)
+    if marker is not None:
+        marker.unlink(missing_ok=True)
 
-    def __init__(self, app):
+
+def remove_job_files(job: dict[str, Any]) -> None:
+    """A deleted job's files: its uploads SGLang saved and its videos (named by the job id; a record
+    only ever holds the server's own paths, since the front door refuses client-named ones)."""
+    job_id = job.get("id")
+    if not _is_job_id(job_id):
+        return
+    outputs = [job.get("file_path"), *(job.get("file_paths") or [])]
+    files = [Path(p) for p in outputs if isinstance(p, str) and Path(p).name.startswith(job_id)]
+    for file in [*files, *_upload_files(job_id)]:
+        file.unlink(missing_ok=True)
+
+
+def deleted_job_reply(send, port: int, job_id: str):
+    """SGLang's DELETE answer as the OpenAI SDK's VideoDeleteResponse reads it (`deleted: true`),
+    after removing the job's files; the job's DELETE record is kept only while the job can still run."""
+
+    def rewrite(status: int, body: bytes) -> tuple[int, bytes]:
+        try:
+            job = json.loads(body)
+        except ValueError:
+            job = None
+        if status != 200 or not isinstance(job, dict):
+            forget_deleted(job_id, port)  # no such job: nothing to stop
+            return status, body
+        remove_job_files(job)
+        if job.get("completed_at") is not None or job.get("error") is not None:
+            forget_deleted(job_id, port)
+        return status, json.dumps({**job, "object": "video.deleted", "deleted": True}).encode()
+
+    return rewritten_response(send, rewrite)
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _quoted(text: str) -> str:
+    return text.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+async def form_lists_as_json(scope, messages: list[dict]) -> tuple[dict, list[dict]]:
+    """A multipart body with every list sent as repeated (or `key[]`) text fields re-encoded as one
+    field of JSON text, which SGLang's form reader decodes (it reads one value per key, the last).
+
+    Lists are read as the core's `form_fields` reads them (a key sent both ways is refused);
+    uploads go on unchanged.
+    """
+    from starlette.requests import Request
+
+    form = await Request(scope, replay(messages, end_of_body)).form(max_part_size=MAX_CHECKED_BODY)
+    try:
+        texts = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+        uploads = [(name, value.filename or name, value.content_type, await value.read()) for name, value in form.multi_items() if not isinstance(value, str)]
+    finally:
+        await form.close()
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in form_fields(texts).items():
+        text = json.dumps([_json_or_text(v) for v in value]) if isinstance(value, list) else value
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n{text}\r\n'.encode())
+    for name, filename, content_type, data in uploads:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"; filename="{_quoted(filename)}"\r\n'
+        head += f"Content-Type: {content_type or 'application/octet-stream'}\r\n\r\n"
+        parts.append(head.encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+    headers += [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()), (b"content-length", str(len(body)).encode())]
+    return {**scope, "headers": headers}, [{"type": "http.request", "body": body, "more_body": False}]
+
+
+def has_form_lists(scope, items: list[tuple[str, Any]]) -> bool:
+    """A multipart body that sends a text field more than once or as `key[]`."""
+    content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
+    names = [name for name, value in items if isinstance(value, str)]
+    return content_type.startswith("multipart/form-data") and (len(set(names)) != len(names) or any(n.endswith("[]") for n in names))
+
+
+class HeliosFrontDoor:
+    """ASGI middleware: a POST naming a refused field is answered 400 before SGLang reads it, and a
+    form's lists are handed on as SGLang reads lists; a DELETE of a job is recorded for the worker,
+    which stops it at its next denoising step, and the job's files are removed."""
+
+    def __init__(self, app, port: int):
         self.app = app
+        self.port = port
 
     async def __call__(self, scope, receive, send) -> None:
         parts = scope.get("path", "").strip("/").split("/")
         if scope["type"] == "http" and scope["method"] == "DELETE" and len(parts) == 3 and parts[:2] == ["v1", "videos"]:
-            mark_deleted(scope["server"][1] if scope.get("server") else 0, parts[2])
+            marker = _deletion_marker(parts[2], self.port)
+            if marker is not None:
+                marker.parent.mkdir(exist_ok=True)
+                marker.touch()
+                send = deleted_job_reply(send, self.port, parts[2])
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
@@ -164,10 +270,17 @@ class HeliosFrontDoor:
             message = f"request body: larger than {MAX_CHECKED_BODY // 2**20} MiB, the most this server reads"
             return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
         items = await body_items(scope, messages, MAX_CHECKED_BODY)
-        if scope.get("path") in LORA_ROUTES:
-            error = lora_route_error(scope["path"], dict(items)) if items is not None else None
-        else:
-            error = refused(items) if items is not None else None
+        try:
+            if items is None:
+                error = None
+            elif scope.get("path") in LORA_ROUTES:
+                error = lora_route_error(scope["path"], dict(items))
+            else:
+                error = refused(items)
+                if error is None and has_form_lists(scope, items):
+                    scope, messages = await form_lists_as_json(scope, messages)
+        except RequestError as exc:
+            error = exc
         if error is not None:
             return await bad_request(error)(scope, receive, send)
         await self.app(scope, replay(messages, receive), send)
@@ -206,7 +319,8 @@ def add_front_door(app, server_args, *args, **kwargs) -> None:
     from .configs import HeliosCoreConfig
 
     if isinstance(server_args.pipeline_config, HeliosCoreConfig):
-        app.add_middleware(HeliosFrontDoor)
+        shutil.rmtree(_deletion_marker("any", server_args.port).parent, ignore_errors=True)  # a former server's records
+        app.add_middleware(HeliosFrontDoor, port=server_args.port)
 
 
 def register_front_door() -> None:
@@ -242,6 +356,13 @@ def _upload_dirs() -> list[Path]:
     return [Path(configured if configured is not None else tempfile.gettempdir()).resolve()]
 
 
+def _upload_files(request_id: str) -> list[Path]:
+    """The files SGLang saved for a request's uploads: `<uploads>/<request id>_<name>`, in
+    --input-save-path or in the request's own sglang_* temp folder."""
+    pattern = glob.escape(request_id) + "_*"
+    return [file.resolve() for uploads in _upload_dirs() for file in (*uploads.glob(pattern), *uploads.glob(f"sglang_*/{pattern}"))]
+
+
 def _engine_upload(params: Any, name: str) -> Path | str | None:
     """`<name>_path` when it is SGLang's own upload for this request (its file) or a data: URL; None
     when unset. Any other path is refused: a client cannot name a file it does not know the request
@@ -254,13 +375,10 @@ def _engine_upload(params: Any, name: str) -> Path | str | None:
     if isinstance(path, str) and path.startswith("data:"):
         return path
     request_id = getattr(params, "request_id", None)
-    if isinstance(path, str) and request_id:
+    if isinstance(path, str) and _is_job_id(request_id):
         file = Path(path).resolve()
-        folder = file.parent
-        for uploads in _upload_dirs():
-            if folder == uploads or (folder.parent == uploads and folder.name.startswith("sglang_")):
-                if file.name.startswith(f"{request_id}_") and file.is_file():
-                    return file
+        if file.is_file() and file in _upload_files(request_id):
+            return file
     raise RequestError(f"{name}_path", REFUSED_REQUEST_FIELDS[f"{name}_path"])
 
 

@@ -35,7 +35,7 @@ from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import read_configs
 from helios_backends.pipeline import Helios
 
-from .front_door import check_not_deleted
+from .front_door import check_not_deleted, forget_deleted
 from .lora import ALWAYS_MERGED, NamedAdapter, check_target, check_strength, configured_paths, lora_status, requested_adapters
 from .offload import core_offload
 from .parallel import worker_parallel_groups
@@ -77,6 +77,7 @@ class HeliosSessionStage(_HeliosStage):
                 session.run(on_step=on_step)
         finally:
             session.close()
+            forget_deleted(batch.request_id)
             logger.info("Helios core: request released; offloaded blocks on the device: %s", self.helios.resident_blocks)
         del batch.helios_plan
         frames = session.video()

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helios_backends.errors import RequestError
 from helios_backends.fields import form_fields
-from helios_backends.front_door import configured_lora, end_of_body, read_body, replay
+from helios_backends.front_door import configured_lora, end_of_body, read_body, replay, rewritten_response
 from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
@@ -157,29 +157,15 @@ def failed_job_read_as_ok(send: Send) -> Send:
     vLLM-Omni answers it with the job's own error code (4xx/5xx), which makes the SDK's
     `retrieve` / `create_and_poll` raise instead of returning the failed job. The body is unchanged.
     """
-    held: list[Message] = []
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            held.append(message)
-            return
-        if held:
-            held.append(message)
-            if message.get("more_body", False):
-                return
-            body = b"".join(m.get("body", b"") for m in held[1:])
-            try:
-                failed = json.loads(body).get("status") == "failed"
-            except (ValueError, AttributeError):
-                failed = False
-            start = {**held[0], "status": 200} if failed else held[0]
-            await send(start)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            held.clear()
-            return
-        await send(message)
+    def rewrite(status: int, body: bytes) -> tuple[int, bytes]:
+        try:
+            failed = status >= 400 and json.loads(body).get("status") == "failed"
+        except (ValueError, AttributeError):
+            failed = False
+        return (200 if failed else status), body
 
-    return sending
+    return rewritten_response(send, rewrite)
 
 
 def bad_request(exc: RequestError) -> JSONResponse:
