@@ -9,6 +9,7 @@ The middleware buffers the body to read it and hands the same bytes on to the en
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -90,6 +91,42 @@ def replay(messages: list[dict], receive):
         return pending.pop(0) if pending else await receive()
 
     return replayed
+
+
+async def run_until_disconnect(app, scope, messages: list[dict], receive, send) -> None:
+    """Run `app` on a complete buffered body, cancelling it when the client disconnects first.
+
+    An engine route that awaits its job without listening to the connection runs on after the
+    client has gone; cancelling the route's task is what an engine treats as the client going
+    away (vLLM-Omni then aborts the job). An error of the app itself propagates as it would.
+    """
+    disconnected = asyncio.Event()
+    pending = list(messages)
+
+    async def app_receive() -> dict:
+        if pending:
+            return pending.pop(0)
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    answered = asyncio.ensure_future(app(scope, app_receive, send))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({answered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not answered.done():
+            answered.cancel()
+        try:
+            await answered
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
 
 
 def rewritten_response(send, rewrite):

@@ -11,8 +11,10 @@ answer 400 naming the field:
 It is also the front door (helios_vllm.front_door): a form field that names a URL, an option
 the core lacks or no field at all is refused the same way, and so is a `lora` whose path the
 server was not configured with (helios_vllm.lora), `/v1/omni/sleep` and `/wakeup` are
-refused while the server keeps serving, and a failed job reads back as 200 with
-`status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect).
+refused while the server keeps serving, a failed job reads back as 200 with
+`status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect), and a client
+that disconnects from `/v1/videos/sync` cancels the route, which aborts its job
+(`run_until_disconnect`).
 
 Anything the check cannot read (another model, a form the server itself will refuse, a body
 past the media limit) passes through unchanged; the engine-side check still runs on every
@@ -34,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helios_backends.errors import RequestError
 from helios_backends.fields import form_fields
-from helios_backends.front_door import configured_lora, end_of_body, read_body, replay, rewritten_response
+from helios_backends.front_door import configured_lora, end_of_body, read_body, replay, rewritten_response, run_until_disconnect
 from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
@@ -43,7 +45,8 @@ from .front_door import SLEEP_REFUSAL, SLEEP_ROUTES, refused_form_field
 from .lora import FIELD as LORA_FIELD, check_request_loras, startup_loras
 from .requests import HELIOS_EXTRA_PARAMS, to_generation_request
 
-VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
+SYNC_ROUTE = "/v1/videos/sync"
+VIDEO_ROUTES = frozenset({"/v1/videos", SYNC_ROUTE})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # The form fields vLLM-Omni reads that are not plain scalars of `VideoGenerationRequest`.
 NON_SCALAR_FIELDS = frozenset({"extra_params", "lora", "image_reference", "video_reference", "audio_reference"})
@@ -198,6 +201,8 @@ class HeliosRequestCheck:
             error = await self.check(scope, messages, folder, served_sp_degree(app), served_lora_paths(app))
             if error is not None:
                 return await bad_request(error)(scope, receive, send)
+            if scope["path"] == SYNC_ROUTE:  # the route awaits the job without watching the client
+                return await run_until_disconnect(self.app, scope, messages, receive, send)
         await self.app(scope, replay(messages, receive), send)
 
     @staticmethod
