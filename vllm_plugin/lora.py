@@ -34,14 +34,10 @@ def startup_loras(lora_path: str | list[str] | None, lora_scale: float | None) -
     spelling) at their own scale, else --lora-scale (1 unset)."""
     specs = [lora_path] if isinstance(lora_path, str) else list(lora_path or [])
     default = 1.0 if lora_scale is None else float(lora_scale)
-    loras = []
-    for spec in specs:
-        try:
-            path, scale = parse_lora_spec(spec)
-        except ValueError as exc:
-            raise ValueError(f"--lora-path {exc}") from None
-        loras.append((path, scale if path != spec else default))
-    return loras
+    try:
+        return [parse_lora_spec(spec, default) for spec in specs]
+    except ValueError as exc:
+        raise ValueError(f"--lora-path {exc}") from None
 
 
 def request_loras(lora_request: Any, lora_scale: float, defaults: list[tuple[str, float]]) -> list[tuple[str, float]]:
