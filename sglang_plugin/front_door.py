@@ -138,6 +138,11 @@ def _is_job_id(text: Any) -> bool:
     return isinstance(text, str) and bool(text) and "/" not in text and not text.startswith(".")
 
 
+def _deletion_records(port: int) -> Path:
+    """The folder of a server's DELETE records (shared by its HTTP process and its workers)."""
+    return Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}"
+
+
 def _deletion_marker(request_id: Any, port: int | None = None) -> Path | None:
     """The empty file that records a DELETE of a job; port None: this worker's server (None in the CLI)."""
     if not _is_job_id(request_id):
@@ -149,7 +154,7 @@ def _deletion_marker(request_id: Any, port: int | None = None) -> Path | None:
             port = get_global_server_args().port
         except ValueError:  # no server in this process (the CLI)
             return None
-    return Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}" / request_id
+    return _deletion_records(port) / request_id
 
 
 def check_not_deleted(request_id: str | None) -> None:
@@ -319,7 +324,7 @@ def add_front_door(app, server_args, *args, **kwargs) -> None:
     from .configs import HeliosCoreConfig
 
     if isinstance(server_args.pipeline_config, HeliosCoreConfig):
-        shutil.rmtree(_deletion_marker("any", server_args.port).parent, ignore_errors=True)  # a former server's records
+        shutil.rmtree(_deletion_records(server_args.port), ignore_errors=True)  # a former server's records
         app.add_middleware(HeliosFrontDoor, port=server_args.port)
 
 
