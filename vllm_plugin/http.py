@@ -6,7 +6,10 @@ check the form against the checkpoint first, with the same translation the engin
 (`to_generation_request` + `plan_for_folder`, with the served Ulysses x Ring degree), and
 answer 400 naming the field:
 
-    vllm serve DIR --omni --middleware helios_vllm.http.HeliosRequestCheck
+    vllm serve DIR --omni --host 127.0.0.1 --middleware helios_vllm.http.HeliosRequestCheck
+
+The operator must name it: vLLM runs `vllm.general_plugins` in the API server before any app
+exists, and loads `vllm.endpoint_plugins` (which see the app) only when listed in VLLM_PLUGINS.
 
 It is also the front door (helios_vllm.front_door): a form field that names a URL, an option
 the core lacks or no field at all is refused the same way, and so is a `lora` whose path the
