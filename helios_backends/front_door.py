@@ -9,6 +9,7 @@ The middleware buffers the body to read it and hands the same bytes on to the en
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -90,6 +91,65 @@ def replay(messages: list[dict], receive):
         return pending.pop(0) if pending else await receive()
 
     return replayed
+
+
+async def run_until_disconnect(app, scope, messages: list[dict], receive, send) -> None:
+    """Run `app` on a complete buffered body, cancelling it when the client disconnects first.
+
+    An engine route that awaits its job without listening to the connection runs on after the
+    client has gone; cancelling the route's task is what an engine treats as the client going
+    away (vLLM-Omni then aborts the job). An error of the app itself propagates as it would.
+    """
+    disconnected = asyncio.Event()
+    pending = list(messages)
+
+    async def app_receive() -> dict:
+        if pending:
+            return pending.pop(0)
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        disconnected.set()
+
+    answered = asyncio.ensure_future(app(scope, app_receive, send))
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({answered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not answered.done():
+            answered.cancel()
+        try:
+            await answered
+        except asyncio.CancelledError:
+            if not disconnected.is_set():
+                raise
+
+
+def rewritten_response(send, rewrite):
+    """A send that holds a whole response and sends `rewrite(status, body) -> (status, body)` instead.
+
+    For the small JSON answers of job routes (the body is held in memory); content-length is set
+    to the new body's.
+    """
+    held: list[dict] = []
+
+    async def sending(message: dict) -> None:
+        held.append(message)
+        if message["type"] != "http.response.body" or message.get("more_body", False):
+            return
+        start = held[0]
+        status, body = rewrite(start["status"], b"".join(m.get("body", b"") for m in held[1:]))
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        held.clear()
+        await send({**start, "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return sending
 
 
 async def body_items(scope, messages: list[dict], max_part_size: int) -> list[tuple[str, Any]] | None:

@@ -71,11 +71,12 @@ class Adapter:
     replacements: dict[str, torch.Tensor]
 
 
-def parse_lora_spec(spec: str) -> tuple[str, float]:
-    """`PATH[:SCALE]` -> (path, scale); a path that itself contains ':' needs the scale given."""
+def parse_lora_spec(spec: str, default: float = 1.0) -> tuple[str, float]:
+    """`PATH[:SCALE]` -> (path, scale), SCALE `default` when not given; a path that itself
+    contains ':' needs the scale given."""
     path, sep, scale = spec.rpartition(":")
     if not sep or "/" in scale:
-        return spec, 1.0
+        return spec, default
     try:
         value = float(scale)
     except ValueError:

@@ -15,22 +15,33 @@ Media reach Helios in the body only: base64 / data-URL `image` and `video`, or a
 reads it, and refuses every other path.
 
 Engine options the core has no counterpart for (quantization, cache backends) are refused at
-start-up by `check_engine_options`, naming the flag. LoRA: `--lora-path PATH` (a local adapter
-file or folder) at `--lora-scale` is merged into the weights at load (`startup_loras`;
-`--lora-nickname` only names it); `--lora-merge-mode dynamic`, `--lora-alpha`,
-`--lora-weight-name` and `--lora-target-modules` are refused naming the flag. SGLang's video
-requests carry no LoRA; its runtime `/set_lora`, `/merge_lora_weights` and
-`/unmerge_lora_weights` are refused at the front door (400 naming the route) and the server
-keeps serving.
+start-up by `check_engine_options`, naming the flag; so are the LoRA flags the core's merge cannot
+honour (`--lora-merge-mode dynamic`, `--lora-alpha`, `--lora-weight-name`, `--lora-target-modules`).
+SGLang's video requests carry no LoRA (such fields are refused); its LoRA routes (/v1/set_lora,
+/v1/merge_lora_weights, /v1/unmerge_lora_weights) are served by the core (helios_sglang.lora), and the
+front door reads a route's body first (`lora_route_error`): a path outside the server's
+--lora-path, a bad adapter file or an option the core lacks is a 400 naming it, and the worker is
+never asked.
 
 SGLang's DELETE only forgets a job's record (it has no abort for a running job), so the front
 door also records each DELETE as an empty marker file, and the worker's denoising loop
-(`check_not_deleted`) stops that job before its next step; the job then writes no video.
+(`check_not_deleted`) stops that job before its next step; the job then writes no video. The
+front door removes the deleted job's files (its saved uploads, its video if it had finished) and
+answers with `deleted: true`, as the OpenAI SDK's VideoDeleteResponse reads it; the marker goes
+when the job ends (or at once, when it had ended).
+
+The OpenAI SDK sends a list in a multipart form as repeated `key[]` fields, and SGLang's form
+reader keeps one value per key; the front door re-encodes such a form with each list as one
+field of JSON text (`form_lists_as_json`), which SGLang decodes.
 """
 
 from __future__ import annotations
 
+import glob
+import json
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +49,17 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from helios_backends.errors import GenerationCancelled, RequestError
-from helios_backends.front_door import body_items, read_body, refused_field, replay, request_fields
+from helios_backends.fields import form_fields
+from helios_backends.front_door import body_items, end_of_body, read_body, refused_field, replay, request_fields, rewritten_response
+from helios_backends.loading import read_configs
+
+from .lora import ALPHA_FROM_FILE, ALWAYS_MERGED, MERGE_MODES, check_adapters, check_strength, check_target, configured_paths, requested_adapters
 
 NEVER_OPENED = "this server never opens a path named in a request"
 NEVER_FETCHED = "this server never fetches a URL named in a request; send the image as an `input_reference` upload or base64 `image`"
 NOT_OFFERED = "not offered by the Helios core; leave it unset"
-NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; the server's adapter is its --lora-path / --lora-scale"
-LORA_ROUTES = frozenset({"/set_lora", "/merge_lora_weights", "/unmerge_lora_weights"})
-LORA_ROUTE_REFUSAL = (
-    "switching LoRA on a running Helios server is not offered; start it with --lora-path PATH --lora-scale S "
-    "(merged into the weights at load); the server keeps serving"
-)
+NO_REQUEST_LORA = "SGLang's video requests carry no LoRA; switch the server's adapters with POST /v1/set_lora (paths under its --lora-path)"
+LORA_ROUTES = frozenset({"/v1/set_lora", "/v1/merge_lora_weights", "/v1/unmerge_lora_weights"})
 
 # Request field -> why it is refused (SGLang's /v1/videos and the routes sharing its request model).
 REFUSED_REQUEST_FIELDS = {
@@ -95,7 +106,7 @@ REFUSED_SERVER_ARGS = {
 }
 # ServerArgs field -> (flag, default, why): SGLang LoRA options the core's merge cannot honour.
 REFUSED_LORA_ARGS = {
-    "lora_alpha": ("--lora-alpha", None, "the core takes alpha from the adapter file (PEFT metadata or .alpha tensors, else its rank)"),
+    "lora_alpha": ("--lora-alpha", None, ALPHA_FROM_FILE),
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
@@ -122,55 +133,190 @@ def bad_request(exc: RequestError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
-def _deleted_dir(port: int) -> Path:
+def _is_job_id(text: Any) -> bool:
+    """A name SGLang could have given a job (it is used as a file name, never as a path)."""
+    return isinstance(text, str) and bool(text) and "/" not in text and not text.startswith(".")
+
+
+def _deletion_records(port: int) -> Path:
+    """The folder of a server's DELETE records (shared by its HTTP process and its workers)."""
     return Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}"
 
 
-def mark_deleted(port: int, job_id: str) -> None:
-    """Record a DELETE of a job for the worker running it (SGLang has no abort message to send it)."""
-    if job_id and "/" not in job_id and not job_id.startswith("."):
-        folder = _deleted_dir(port)
-        folder.mkdir(exist_ok=True)
-        (folder / job_id).touch()
+def _deletion_marker(request_id: Any, port: int | None = None) -> Path | None:
+    """The empty file that records a DELETE of a job; port None: this worker's server (None in the CLI)."""
+    if not _is_job_id(request_id):
+        return None
+    if port is None:
+        from sglang.multimodal_gen.runtime.server_args import get_global_server_args
+
+        try:
+            port = get_global_server_args().port
+        except ValueError:  # no server in this process (the CLI)
+            return None
+    return _deletion_records(port) / request_id
 
 
 def check_not_deleted(request_id: str | None) -> None:
     """In the worker, between denoising steps: stop a job whose DELETE the front door recorded."""
-    from sglang.multimodal_gen.runtime.server_args import get_global_server_args
-
-    try:
-        marker = _deleted_dir(get_global_server_args().port) / str(request_id)
-    except ValueError:  # no server in this process (the CLI)
-        return
-    if request_id and marker.exists():
-        marker.unlink(missing_ok=True)
+    marker = _deletion_marker(request_id)
+    if marker is not None and marker.exists():
         raise GenerationCancelled(f"job {request_id} was deleted")
 
 
-class HeliosFrontDoor:
-    """ASGI middleware: a POST naming a refused field is answered 400 before SGLang reads it; a
-    DELETE of a job is recorded for the worker, which stops it at its next denoising step."""
+def forget_deleted(request_id: str | None, port: int | None = None) -> None:
+    """Remove a job's DELETE record: the worker when the job ends, the front door when it had ended."""
+    marker = _deletion_marker(request_id, port)
+    if marker is not None:
+        marker.unlink(missing_ok=True)
 
-    def __init__(self, app):
+
+def remove_job_files(job: dict[str, Any]) -> None:
+    """A deleted job's files: its uploads SGLang saved and its videos (named by the job id; a record
+    only ever holds the server's own paths, since the front door refuses client-named ones)."""
+    job_id = job.get("id")
+    if not _is_job_id(job_id):
+        return
+    outputs = [job.get("file_path"), *(job.get("file_paths") or [])]
+    files = [Path(p) for p in outputs if isinstance(p, str) and Path(p).name.startswith(job_id)]
+    for file in [*files, *_upload_files(job_id)]:
+        file.unlink(missing_ok=True)
+
+
+def deleted_job_reply(send, port: int, job_id: str):
+    """SGLang's DELETE answer as the OpenAI SDK's VideoDeleteResponse reads it (`deleted: true`),
+    after removing the job's files; the job's DELETE record is kept only while the job can still run."""
+
+    def rewrite(status: int, body: bytes) -> tuple[int, bytes]:
+        try:
+            job = json.loads(body)
+        except ValueError:
+            job = None
+        if status != 200 or not isinstance(job, dict):
+            forget_deleted(job_id, port)  # no such job: nothing to stop
+            return status, body
+        remove_job_files(job)
+        if job.get("completed_at") is not None or job.get("error") is not None:
+            forget_deleted(job_id, port)
+        return status, json.dumps({**job, "object": "video.deleted", "deleted": True}).encode()
+
+    return rewritten_response(send, rewrite)
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _quoted(text: str) -> str:
+    return text.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+async def form_lists_as_json(scope, messages: list[dict]) -> tuple[dict, list[dict]]:
+    """A multipart body with every list sent as repeated (or `key[]`) text fields re-encoded as one
+    field of JSON text, which SGLang's form reader decodes (it reads one value per key, the last).
+
+    Lists are read as the core's `form_fields` reads them (a key sent both ways is refused);
+    uploads go on unchanged.
+    """
+    from starlette.requests import Request
+
+    form = await Request(scope, replay(messages, end_of_body)).form(max_part_size=MAX_CHECKED_BODY)
+    try:
+        texts = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+        uploads = [(name, value.filename or name, value.content_type, await value.read()) for name, value in form.multi_items() if not isinstance(value, str)]
+    finally:
+        await form.close()
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in form_fields(texts).items():
+        text = json.dumps([_json_or_text(v) for v in value]) if isinstance(value, list) else value
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n{text}\r\n'.encode())
+    for name, filename, content_type, data in uploads:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"; filename="{_quoted(filename)}"\r\n'
+        head += f"Content-Type: {content_type or 'application/octet-stream'}\r\n\r\n"
+        parts.append(head.encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
+    headers += [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()), (b"content-length", str(len(body)).encode())]
+    return {**scope, "headers": headers}, [{"type": "http.request", "body": body, "more_body": False}]
+
+
+def has_form_lists(scope, items: list[tuple[str, Any]]) -> bool:
+    """A multipart body that sends a text field more than once or as `key[]`."""
+    content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
+    names = [name for name, value in items if isinstance(value, str)]
+    return content_type.startswith("multipart/form-data") and (len(set(names)) != len(names) or any(n.endswith("[]") for n in names))
+
+
+class HeliosFrontDoor:
+    """ASGI middleware: a POST naming a refused field is answered 400 before SGLang reads it, and a
+    form's lists are handed on as SGLang reads lists; a DELETE of a job is recorded for the worker,
+    which stops it at its next denoising step, and the job's files are removed."""
+
+    def __init__(self, app, port: int):
         self.app = app
+        self.port = port
 
     async def __call__(self, scope, receive, send) -> None:
         parts = scope.get("path", "").strip("/").split("/")
         if scope["type"] == "http" and scope["method"] == "DELETE" and len(parts) == 3 and parts[:2] == ["v1", "videos"]:
-            mark_deleted(scope["server"][1] if scope.get("server") else 0, parts[2])
+            marker = _deletion_marker(parts[2], self.port)
+            if marker is not None:
+                marker.parent.mkdir(exist_ok=True)
+                marker.touch()
+                send = deleted_job_reply(send, self.port, parts[2])
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        if scope.get("path") in LORA_ROUTES:
-            return await bad_request(RequestError(scope["path"], LORA_ROUTE_REFUSAL))(scope, receive, send)
         messages, complete = await read_body(receive, MAX_CHECKED_BODY)
         if not complete:
             message = f"request body: larger than {MAX_CHECKED_BODY // 2**20} MiB, the most this server reads"
             return await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
         items = await body_items(scope, messages, MAX_CHECKED_BODY)
-        error = refused(items) if items is not None else None
+        try:
+            if items is None:
+                error = None
+            elif scope.get("path") in LORA_ROUTES:
+                error = lora_route_error(scope["path"], dict(items))
+            else:
+                error = refused(items)
+                if error is None and has_form_lists(scope, items):
+                    scope, messages = await form_lists_as_json(scope, messages)
+        except RequestError as exc:
+            error = exc
         if error is not None:
             return await bad_request(error)(scope, receive, send)
         await self.app(scope, replay(messages, receive), send)
+
+
+def lora_route_error(route: str, body: dict[str, Any]) -> RequestError | None:
+    """What the front door answers a LoRA route's JSON body with: a RequestError naming the field, or
+    None to pass it on (a body SGLang's route itself refuses passes too: it answers 422)."""
+    from sglang.multimodal_gen.runtime.server_args import get_global_server_args
+
+    try:
+        server_args = get_global_server_args()
+        if route != "/v1/set_lora":
+            check_target(body.get("target", "all"))
+            if route == "/v1/merge_lora_weights":
+                check_strength(body.get("strength", 1.0))
+            return None
+        if "lora_nickname" not in body:
+            return None
+        adapters = requested_adapters(
+            body["lora_nickname"], body.get("lora_path"), body.get("strength", 1.0), body.get("target", "all"),
+            body.get("merge_mode"), body.get("lora_alpha"), configured_paths(server_args), loaded=None,
+        )
+        folder = Path(server_args.model_path)
+        if folder.is_dir():
+            check_adapters(adapters, read_configs(folder).transformer)
+    except RequestError as exc:
+        return exc
+    except (TypeError, ValueError, AttributeError):  # not the route's types: its own validation answers
+        return None
+    return None
 
 
 def add_front_door(app, server_args, *args, **kwargs) -> None:
@@ -178,7 +324,8 @@ def add_front_door(app, server_args, *args, **kwargs) -> None:
     from .configs import HeliosCoreConfig
 
     if isinstance(server_args.pipeline_config, HeliosCoreConfig):
-        app.add_middleware(HeliosFrontDoor)
+        shutil.rmtree(_deletion_records(server_args.port), ignore_errors=True)  # a former server's records
+        app.add_middleware(HeliosFrontDoor, port=server_args.port)
 
 
 def register_front_door() -> None:
@@ -199,14 +346,8 @@ def check_engine_options(server_args: Any) -> None:
         if value not in (default, None):
             raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
     mode = getattr(server_args, "lora_merge_mode", "auto")
-    if mode not in ("auto", "merge"):
-        raise ValueError(f"--lora-merge-mode {mode}: the Helios core merges adapters into the weights (accepted: auto, merge)")
-
-
-def startup_loras(server_args: Any) -> list[tuple[str, float]]:
-    """The server's adapter set: --lora-path at --lora-scale, or none."""
-    path = getattr(server_args, "lora_path", None)
-    return [] if path is None else [(path, float(server_args.lora_scale))]
+    if mode not in MERGE_MODES:
+        raise ValueError(f"--lora-merge-mode {mode}: {ALWAYS_MERGED} (accepted: {', '.join(MERGE_MODES)})")
 
 
 def _upload_dirs() -> list[Path]:
@@ -218,6 +359,13 @@ def _upload_dirs() -> list[Path]:
     except ValueError:  # no server in this process (the CLI): no upload is accepted
         return []
     return [Path(configured if configured is not None else tempfile.gettempdir()).resolve()]
+
+
+def _upload_files(request_id: str) -> list[Path]:
+    """The files SGLang saved for a request's uploads: `<uploads>/<request id>_<name>`, in
+    --input-save-path or in the request's own sglang_* temp folder."""
+    pattern = glob.escape(request_id) + "_*"
+    return [file.resolve() for uploads in _upload_dirs() for file in (*uploads.glob(pattern), *uploads.glob(f"sglang_*/{pattern}"))]
 
 
 def _engine_upload(params: Any, name: str) -> Path | str | None:
@@ -232,13 +380,10 @@ def _engine_upload(params: Any, name: str) -> Path | str | None:
     if isinstance(path, str) and path.startswith("data:"):
         return path
     request_id = getattr(params, "request_id", None)
-    if isinstance(path, str) and request_id:
+    if isinstance(path, str) and _is_job_id(request_id):
         file = Path(path).resolve()
-        folder = file.parent
-        for uploads in _upload_dirs():
-            if folder == uploads or (folder.parent == uploads and folder.name.startswith("sglang_")):
-                if file.name.startswith(f"{request_id}_") and file.is_file():
-                    return file
+        if file.is_file() and file in _upload_files(request_id):
+            return file
     raise RequestError(f"{name}_path", REFUSED_REQUEST_FIELDS[f"{name}_path"])
 
 

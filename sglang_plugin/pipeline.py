@@ -13,6 +13,10 @@ the websocket's own core session (helios_sglang.realtime).
 
 The frames are handed over as uint8 arrays, which SGLang's writer takes as they are, so the
 served video holds exactly the core's frames.
+
+The pipeline is a `LoRAPipeline`, the class SGLang's worker asks for its LoRA routes
+(/v1/set_lora, /v1/merge_lora_weights, /v1/unmerge_lora_weights, /v1/list_loras) and whose start-up applies
+--lora-path; its methods are overridden to merge through the core (helios_sglang.lora).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import numpy as np
 
 from sglang.multimodal_gen.runtime.disaggregation.roles import RoleType
 from sglang.multimodal_gen.runtime.distributed.group_coordinator import get_local_torch_device
+from sglang.multimodal_gen.runtime.pipelines_core.lora.pipeline import LoRAPipeline
 from sglang.multimodal_gen.runtime.platforms import current_platform
-from sglang.multimodal_gen.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from sglang.multimodal_gen.runtime.pipelines_core.schedule_batch import OutputBatch, Req
 from sglang.multimodal_gen.runtime.pipelines_core.stages.base import PipelineStage
 from sglang.multimodal_gen.runtime.server_args import ServerArgs
@@ -30,11 +34,13 @@ from sglang.multimodal_gen.runtime.utils.hf_diffusers_utils import maybe_downloa
 from sglang.multimodal_gen.runtime.utils.logging_utils import init_logger
 from sglang.multimodal_gen.runtime.utils.precision_types import PRECISION_TO_TYPE
 
+from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import read_configs
 from helios_backends.ops import default_ops
 from helios_backends.pipeline import Helios
 
-from .front_door import check_not_deleted, startup_loras
+from .front_door import check_not_deleted, forget_deleted
+from .lora import ALWAYS_MERGED, NamedAdapter, check_target, check_strength, configured_paths, lora_status, requested_adapters
 from .offload import core_offload
 from .parallel import worker_parallel_groups
 from .realtime import run_realtime_chunk
@@ -76,13 +82,14 @@ class HeliosSessionStage(_HeliosStage):
                 session.run(on_step=on_step)
         finally:
             session.close()
+            forget_deleted(batch.request_id)
             logger.info("Helios core: request released; offloaded blocks on the device: %s", self.helios.resident_blocks)
         del batch.helios_plan
         frames = session.video()
         return OutputBatch(output=[np.ascontiguousarray(v) for v in frames.numpy()], metrics=batch.metrics)
 
 
-class HeliosCorePipeline(ComposedPipelineBase):
+class HeliosCorePipeline(LoRAPipeline):
     """Helios-Base (model_index.json `_class_name` HeliosPipeline) on the shared core."""
 
     pipeline_name = "HeliosPipeline"
@@ -96,8 +103,8 @@ class HeliosCorePipeline(ComposedPipelineBase):
 
     def load_modules(self, server_args: ServerArgs, loaded_modules=None) -> dict:
         """One `Helios` from the folder, in the precisions of the pipeline config, on SGLang's
-        process groups (helios_sglang.parallel) with SGLang's offload settings (helios_sglang.offload),
-        with the --lora-path adapter merged at --lora-scale."""
+        process groups (helios_sglang.parallel) with SGLang's offload settings (helios_sglang.offload);
+        LoRAPipeline's start-up then merges --lora-path through `set_lora`."""
         folder = maybe_download_model(self.model_path, force_diffusers_model=True, revision=server_args.revision)
         self.model_path = folder
         config = server_args.pipeline_config
@@ -116,13 +123,73 @@ class HeliosCorePipeline(ComposedPipelineBase):
             offload=offload,
             offload_slots=offload_slots,
         )
-        helios.set_loras(startup_loras(server_args))  # a bad adapter fails start-up, naming it and its key
         return {"helios": helios}
 
     def create_pipeline_stages(self, server_args: ServerArgs) -> None:
         helios = self.get_module("helios")
         self.add_stage(HeliosPlanStage(helios), "helios_plan_stage")
         self.add_stage(HeliosSessionStage(helios), "helios_session_stage")
+
+    # -- LoRA: SGLang's LoRAPipeline interface on the core's merged adapters ----------------------
+
+    adapter_set: tuple[NamedAdapter, ...] = ()  # the adapters of the last set_lora
+    adapters_merged: bool = False
+
+    def convert_to_lora_layers(self, snapshot_base: bool = True) -> None:
+        """Nothing to wrap: the core merges adapters into its own weights and keeps the base values."""
+
+    def set_lora(
+        self,
+        lora_nickname: str | list[str],
+        lora_path: str | None | list[str | None] = None,
+        target: str | list[str] = "all",
+        strength: float | list[float] = 1.0,
+        merge_weights: bool | None = None,
+        merge_mode: str | None = None,
+        lora_alpha: int | None | list[int | None] = None,
+        cache_merged: bool = False,
+    ) -> None:
+        """Merge exactly the named adapters (SGLang's start-up with --lora-path, and /v1/set_lora).
+
+        A path must be the server's --lora-path or inside it; a bad adapter raises naming it and
+        leaves the weights as they were (the worker answers the route with the error and serves on).
+        """
+        if merge_weights is False:
+            raise RequestError("merge_weights", f"{ALWAYS_MERGED} (accepted: true)")
+        adapters = requested_adapters(
+            lora_nickname, lora_path, strength, target, merge_mode, lora_alpha, configured_paths(self.server_args), self.loaded_adapter_paths
+        )
+        try:
+            self.get_module("helios").set_loras([(a.path, a.scale) for a in adapters])
+        except CheckpointError as exc:
+            raise RequestError("lora_path", str(exc)) from None
+        self.loaded_adapter_paths.update((a.nickname, a.path) for a in adapters)
+        self.adapter_set, self.adapters_merged = tuple(adapters), True
+        logger.info("Helios core: LoRA merged: %s", [(a.nickname, a.scale) for a in adapters])
+
+    def merge_lora_weights(self, target: str = "all", strength: float = 1.0) -> None:
+        """Merge the adapters of the last set_lora again (after an unmerge), each at `strength`."""
+        check_target(target)
+        if not self.adapter_set:
+            raise RequestError("merge_lora_weights", "no adapter is loaded; call /v1/set_lora first")
+        adapters = tuple(NamedAdapter(a.nickname, a.path, check_strength(strength)) for a in self.adapter_set)
+        self.get_module("helios").set_loras([(a.path, a.scale) for a in adapters])
+        self.adapter_set, self.adapters_merged = adapters, True
+
+    def unmerge_lora_weights(self, target: str = "all") -> None:
+        """The base weights back (bit-exact); the adapters stay loaded for merge_lora_weights."""
+        check_target(target)
+        self.get_module("helios").set_loras([])
+        self.adapters_merged = False
+
+    def is_lora_set(self, target: str = "all") -> bool:
+        return bool(self.adapter_set)
+
+    def is_lora_effective(self, target: str = "all") -> bool:
+        return self.adapters_merged
+
+    def get_lora_status(self) -> dict:
+        return lora_status(self.adapter_set, self.loaded_adapter_paths, self.adapters_merged)
 
 
 class HeliosCorePyramidPipeline(HeliosCorePipeline):

@@ -6,13 +6,18 @@ check the form against the checkpoint first, with the same translation the engin
 (`to_generation_request` + `plan_for_folder`, with the served Ulysses x Ring degree), and
 answer 400 naming the field:
 
-    vllm serve DIR --omni --middleware helios_vllm.http.HeliosRequestCheck
+    vllm serve DIR --omni --host 127.0.0.1 --middleware helios_vllm.http.HeliosRequestCheck
+
+The operator must name it: vLLM runs `vllm.general_plugins` in the API server before any app
+exists, and loads `vllm.endpoint_plugins` (which see the app) only when listed in VLLM_PLUGINS.
 
 It is also the front door (helios_vllm.front_door): a form field that names a URL, an option
 the core lacks or no field at all is refused the same way, and so is a `lora` whose path the
 server was not configured with (helios_vllm.lora), `/v1/omni/sleep` and `/wakeup` are
-refused while the server keeps serving, and a failed job reads back as 200 with
-`status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect).
+refused while the server keeps serving, a failed job reads back as 200 with
+`status: "failed"` (what the OpenAI SDK's `retrieve` / `create_and_poll` expect), and a client
+that disconnects from `/v1/videos/sync` cancels the route, which aborts its job
+(`run_until_disconnect`).
 
 Anything the check cannot read (another model, a form the server itself will refuse, a body
 past the media limit) passes through unchanged; the engine-side check still runs on every
@@ -34,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helios_backends.errors import RequestError
 from helios_backends.fields import form_fields
-from helios_backends.front_door import configured_lora, end_of_body, read_body, replay
+from helios_backends.front_door import configured_lora, end_of_body, read_body, replay, rewritten_response, run_until_disconnect
 from helios_backends.loading import plan_for_folder, read_configs
 from helios_backends.media_read import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 
@@ -43,7 +48,8 @@ from .front_door import SLEEP_REFUSAL, SLEEP_ROUTES, refused_form_field
 from .lora import FIELD as LORA_FIELD, check_request_loras, startup_loras
 from .requests import HELIOS_EXTRA_PARAMS, to_generation_request
 
-VIDEO_ROUTES = frozenset({"/v1/videos", "/v1/videos/sync"})
+SYNC_ROUTE = "/v1/videos/sync"
+VIDEO_ROUTES = frozenset({"/v1/videos", SYNC_ROUTE})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # The form fields vLLM-Omni reads that are not plain scalars of `VideoGenerationRequest`.
 NON_SCALAR_FIELDS = frozenset({"extra_params", "lora", "image_reference", "video_reference", "audio_reference"})
@@ -157,29 +163,15 @@ def failed_job_read_as_ok(send: Send) -> Send:
     vLLM-Omni answers it with the job's own error code (4xx/5xx), which makes the SDK's
     `retrieve` / `create_and_poll` raise instead of returning the failed job. The body is unchanged.
     """
-    held: list[Message] = []
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
-            held.append(message)
-            return
-        if held:
-            held.append(message)
-            if message.get("more_body", False):
-                return
-            body = b"".join(m.get("body", b"") for m in held[1:])
-            try:
-                failed = json.loads(body).get("status") == "failed"
-            except (ValueError, AttributeError):
-                failed = False
-            start = {**held[0], "status": 200} if failed else held[0]
-            await send(start)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-            held.clear()
-            return
-        await send(message)
+    def rewrite(status: int, body: bytes) -> tuple[int, bytes]:
+        try:
+            failed = status >= 400 and json.loads(body).get("status") == "failed"
+        except (ValueError, AttributeError):
+            failed = False
+        return (200 if failed else status), body
 
-    return sending
+    return rewritten_response(send, rewrite)
 
 
 def bad_request(exc: RequestError) -> JSONResponse:
@@ -212,6 +204,8 @@ class HeliosRequestCheck:
             error = await self.check(scope, messages, folder, served_sp_degree(app), served_lora_paths(app))
             if error is not None:
                 return await bad_request(error)(scope, receive, send)
+            if scope["path"] == SYNC_ROUTE:  # the route awaits the job without watching the client
+                return await run_until_disconnect(self.app, scope, messages, receive, send)
         await self.app(scope, replay(messages, receive), send)
 
     @staticmethod

@@ -1,6 +1,9 @@
 """vLLM-Omni's LoRA options on the core's merged adapters (`Helios.set_loras`).
 
-    --lora-path P [P ...] / --lora-scale S   the server's default set, merged at load (scale S, 1 unset)
+    --lora-path P[:SCALE] [P[:SCALE] ...] / --lora-scale S
+                                             the server's default set, merged at load: each adapter
+                                             at its own SCALE, else S (1 unset); vLLM-Omni's CLI
+                                             takes several paths with --lora-backend distill only
     request `lora` {name, path, scale}       that one adapter at `scale` (1 unset) for this request;
                                              a request without it runs with the default set
 
@@ -21,18 +24,20 @@ from typing import Any
 from helios_backends.config import TransformerConfig
 from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.front_door import configured_lora
-from helios_backends.lora import check_adapter
+from helios_backends.lora import check_adapter, parse_lora_spec
 
 FIELD = "lora"
 
 
-def startup_loras(lora_path: str | list[str] | None, lora_scale: float | list[float] | None) -> list[tuple[str, float]]:
-    """(path, scale) of the server's --lora-path / --lora-scale (one scale for all, or one per path)."""
-    paths = [lora_path] if isinstance(lora_path, str) else list(lora_path or [])
-    scales = lora_scale if isinstance(lora_scale, list) else [1.0 if lora_scale is None else lora_scale] * len(paths)
-    if len(scales) != len(paths):
-        raise ValueError(f"--lora-scale: {len(scales)} scales for {len(paths)} --lora-path values; give one, or one per path")
-    return [(path, float(scale)) for path, scale in zip(paths, scales)]
+def startup_loras(lora_path: str | list[str] | None, lora_scale: float | None) -> list[tuple[str, float]]:
+    """(path, scale) of the server's --lora-path values (`PATH[:SCALE]`, the core CLI's --lora
+    spelling) at their own scale, else --lora-scale (1 unset)."""
+    specs = [lora_path] if isinstance(lora_path, str) else list(lora_path or [])
+    default = 1.0 if lora_scale is None else float(lora_scale)
+    try:
+        return [parse_lora_spec(spec, default) for spec in specs]
+    except ValueError as exc:
+        raise ValueError(f"--lora-path {exc}") from None
 
 
 def request_loras(lora_request: Any, lora_scale: float, defaults: list[tuple[str, float]]) -> list[tuple[str, float]]:

@@ -7,6 +7,9 @@ import base64
 import json
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -19,15 +22,15 @@ from .conftest import START_TIMEOUT_S, engine_env, start_server
 
 VARIANT = "distilled"  # no CFG: the fastest variant per step
 SMALL = {"width": spec.WIDTH, "height": spec.HEIGHT, "num_frames": 33, "pyramid_steps": [1, 1, 1]}
-# The SDK sends multipart when a file is attached, spelling a list as repeated `key[]` parts;
-# SGLang JSON-decodes a form field's text, so the steps go as JSON text there.
+# A form field's text is JSON-decoded by SGLang, so a list may also go as JSON text.
 FORM_STEPS = {"pyramid_steps": "[1, 1, 1]"}
 KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def sglang(tiny_folders, fp32_config, tmp_path_factory):
-    server = start_server(tiny_folders[VARIANT], fp32_config, tmp_path_factory.mktemp("sdk"))
+    workdir = tmp_path_factory.mktemp("sdk")
+    server = start_server(tiny_folders[VARIANT], fp32_config, workdir, "--input-save-path", str(workdir / "uploads"))
     yield server
     server.stop()
 
@@ -44,8 +47,7 @@ def served(sglang):
             failing={**SMALL, "timeout_s": 1e-9},
             failure_names="timeout_s",
             image_body={"image": base64.b64encode(spec.png(5)).decode()},
-            long_chunks=10,
-            media_fields=FORM_STEPS,
+            long_chunks=10,  # the SDK sends SMALL's pyramid_steps beside an upload as repeated `pyramid_steps[]`
         )
 
 
@@ -97,6 +99,34 @@ def test_refused_fields_leave_no_trace_the_folder_file_and_url_untouched(served,
     finally:
         recorder.close()
     assert not folder.exists() and dump.read_text() == "keep" and recorder.hits == []
+
+
+def test_a_list_sent_both_as_key_and_as_key_brackets_is_refused_naming_it(served):
+    response = served.http.post("/v1/videos", data={"prompt": "a fox", "pyramid_steps": "[1, 1, 1]", "pyramid_steps[]": ["1", "1", "1"]},
+                                files={"unused": ("x", b"")})
+    assert response.status_code == 400 and response.json()["detail"].startswith("pyramid_steps: is sent both as"), response.text
+
+
+def job_files(sglang, job_id: str) -> list:
+    """Every file the server holds for a job: saved uploads, videos, the front door's DELETE record."""
+    port = sglang.http.base_url.rsplit(":", 1)[1]
+    marker = Path(tempfile.gettempdir()) / f"helios-sglang-deleted-{port}" / job_id
+    return [*sglang.workdir.glob(f"uploads/{job_id}_*"), *sglang.workdir.glob(f"outputs/{job_id}*"), *([marker] if marker.exists() else [])]
+
+
+def test_deleting_a_job_removes_its_upload_video_and_delete_record(sglang, served):
+    upload = {"input_reference": ("first.png", spec.png(5), "image/png")}
+    done = served.client.videos.create_and_poll(prompt="a fox", **upload, extra_body=SMALL, poll_interval_ms=spec.POLL_MS)
+    assert done.status == "completed" and len(job_files(sglang, done.id)) == 2, job_files(sglang, done.id)  # upload, video
+    assert served.client.videos.delete(done.id).deleted is True
+    assert job_files(sglang, done.id) == []
+
+    running = served.client.videos.create(prompt="a long fox", **upload, extra_body={**SMALL, "num_frames": 330})
+    while served.client.videos.retrieve(running.id).status != "in_progress":
+        time.sleep(0.05)
+    assert served.client.videos.delete(running.id).deleted is True
+    assert served.client.videos.create_and_poll(prompt="next", extra_body=SMALL, poll_interval_ms=spec.POLL_MS).status == "completed"
+    assert job_files(sglang, running.id) == []  # the worker stopped it: no video, and its record is gone
 
 
 def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_folders):

@@ -1,7 +1,9 @@
 """LoRA on `vllm serve --omni`: --lora-path / --lora-scale and the request `lora` field on the core's merge.
 
-The server is started with --lora-path FOLDER (one adapter file in it, merged at load at
---lora-scale) and so may load, per request, any adapter inside FOLDER and nothing else.
+The server is started with two default adapters, `--lora-backend distill --lora-path
+FOLDER SECOND:0.4 --lora-scale 0.7` (FOLDER holds one adapter file at its top; both are merged at
+load, FOLDER at 0.7 and SECOND at its own 0.4), and so may load, per request, FOLDER, SECOND or any
+adapter inside FOLDER, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .conftest import HEIGHT, WIDTH, core_frames, start_server
 from .test_serve import MIDDLEWARE, decode, form, served_as
 
 STARTUP_SCALE = 0.7
+SECOND_SCALE = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +30,15 @@ def loras(tmp_path_factory):
         "folder": folder,
         "startup": make_tiny_lora(folder / "startup.safetensors", seed=1),
         "other": make_tiny_lora(folder / "more" / "other.safetensors", seed=2),
+        "second": make_tiny_lora(tmp_path_factory.mktemp("second") / "second.safetensors", seed=6),
         "outside": make_tiny_lora(tmp_path_factory.mktemp("not-configured") / "outside.safetensors", seed=3),
     }
 
 
 @pytest.fixture(scope="module")
 def server(tiny_folders, tmp_path_factory, loras):
-    args = ("--lora-path", str(loras["folder"]), "--lora-scale", str(STARTUP_SCALE))
+    paths = (str(loras["folder"]), f"{loras['second']}:{SECOND_SCALE}")
+    args = ("--lora-backend", "distill", "--lora-path", *paths, "--lora-scale", str(STARTUP_SCALE))
     server = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-lora", *MIDDLEWARE, *args)
     yield server
     server.stop()
@@ -51,6 +56,10 @@ def reference(helios: Helios, adapters, seed: int) -> np.ndarray:
     return served_as(frames)
 
 
+def default_set(loras) -> list:
+    return [(loras["folder"], STARTUP_SCALE), (loras["second"], SECOND_SCALE)]
+
+
 def sync(server, seed: int, lora: dict | None = None, route: str = "/v1/videos/sync"):
     data = form(num_frames=33, seed=seed)
     if lora is not None:
@@ -58,10 +67,11 @@ def sync(server, seed: int, lora: dict | None = None, route: str = "/v1/videos/s
     return server.client.post(route, data=data)
 
 
-def test_startup_lora_and_a_request_lora_each_give_the_core_frames_with_that_lora(server, own_core, loras):
+def test_the_default_set_and_a_request_lora_each_give_the_core_frames_with_those_loras(server, own_core, loras):
     plain = sync(server, seed=4)
     assert plain.status_code == 200, plain.text
-    assert np.array_equal(decode(plain.content), reference(own_core, [(loras["folder"], STARTUP_SCALE)], seed=4))
+    assert np.array_equal(decode(plain.content), reference(own_core, default_set(loras), seed=4))
+    assert not np.array_equal(decode(plain.content), reference(own_core, default_set(loras)[:1], seed=4))  # both count
     asked = sync(server, seed=4, lora={"name": "other", "path": str(loras["other"]), "scale": 0.5})
     assert asked.status_code == 200, asked.text
     assert np.array_equal(decode(asked.content), reference(own_core, [(loras["other"], 0.5)], seed=4))
@@ -88,4 +98,4 @@ def test_a_bad_adapter_fails_its_request_naming_it_and_the_server_keeps_serving(
     assert server.client.get("/v1/videos").json()["data"] == before  # refused before it was queued
     after = sync(server, seed=5)
     assert after.status_code == 200, after.text
-    assert np.array_equal(decode(after.content), reference(own_core, [(loras["folder"], STARTUP_SCALE)], seed=5))
+    assert np.array_equal(decode(after.content), reference(own_core, default_set(loras), seed=5))

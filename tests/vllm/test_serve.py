@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from vllm_omni.entrypoints.openai.video_api_utils import _encode_video_bytes
@@ -215,7 +216,18 @@ def test_request_failing_mid_run_is_marked_failed_and_the_next_succeeds(server):
     assert sync_ok(server, num_frames=33, seed=1).shape == (33, HEIGHT, WIDTH, 3)
 
 
+def small_job_seconds(server) -> float:
+    """One small request's time on this machine now (the yardstick for 'the long job was cut short')."""
+    started = time.monotonic()
+    sync_ok(server, num_frames=33, seed=1)
+    return time.monotonic() - started
+
+
+LONG_CHUNKS = 20  # of num_frames=660: each chunk about one small request's time
+
+
 def test_deleting_a_running_job_stops_it_and_the_next_request_succeeds(server):
+    small_s = small_job_seconds(server)
     created = server.client.post("/v1/videos", data=form(num_frames=660, seed=1))
     video_id = created.json()["id"]
     deadline = time.monotonic() + 30
@@ -228,4 +240,14 @@ def test_deleting_a_running_job_stops_it_and_the_next_request_succeeds(server):
     assert server.client.get(f"/v1/videos/{video_id}").status_code == 404
     assert sync_ok(server, num_frames=33, seed=1).shape == (33, HEIGHT, WIDTH, 3)
     # The 20-chunk job was cut short: it did not run to its end before the next request.
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < small_s * LONG_CHUNKS / 2
+
+
+def test_a_client_disconnecting_from_sync_aborts_its_job_and_the_next_request_succeeds(server):
+    small_s = small_job_seconds(server)
+    with pytest.raises(httpx.ReadTimeout):  # httpx closes the connection: the client is gone
+        server.client.post("/v1/videos/sync", data=form(num_frames=660, seed=1), timeout=httpx.Timeout(60, read=small_s))
+    started = time.monotonic()
+    assert sync_ok(server, num_frames=33, seed=1).shape == (33, HEIGHT, WIDTH, 3)
+    # The 20-chunk job was aborted: it did not run to its end before the next request.
+    assert time.monotonic() - started < small_s * LONG_CHUNKS / 2
