@@ -154,16 +154,22 @@ def test_bad_options_give_one_line_naming_the_option(checkpoints, capsys, tmp_pa
     assert not list(tmp_path.glob("*.mp4.partial"))
 
 
-def test_whole_chunk_vae_decode_gives_the_same_frames_within_rounding(checkpoints, tmp_path):
-    from helios_backends.pipeline import Helios
+def generate_a_lake(folder, tmp_path, *options: str):
+    """`helios generate` of one 33-frame chunk with extra options; the request the core runs for it."""
     from helios_backends.request import GenerationRequest
 
-    folder, _ = checkpoints["distilled"]
     out = tmp_path / "lake.mp4"
     assert main(["generate", "--model", str(folder), "--prompt", "a lake", "--height", str(HEIGHT), "--width", str(WIDTH),
-                 "--num-frames", "33", "--pyramid-steps", "1", "1", "1", "--vae-frames-per-call", "0", "--output", str(out)]) == 0
+                 "--num-frames", "33", "--pyramid-steps", "1", "1", "1", *options, "--output", str(out)]) == 0
     assert decode_mp4(out).shape == (33, HEIGHT, WIDTH, 3)
-    req = GenerationRequest(prompt="a lake", height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(1, 1, 1))
+    return GenerationRequest(prompt="a lake", height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(1, 1, 1))
+
+
+def test_whole_chunk_vae_decode_gives_the_same_frames_within_rounding(checkpoints, tmp_path):
+    from helios_backends.pipeline import Helios
+
+    folder, _ = checkpoints["distilled"]
+    req = generate_a_lake(folder, tmp_path, "--vae-frames-per-call", "0")
     frame_wise, chunk_wise = (torch.cat([c.frames for c in Helios.from_pretrained(folder, vae_frames_per_call=n).stream(req)], 1).int()
                               for n in (1, None))
     assert (frame_wise - chunk_wise).abs().max() <= 1
@@ -171,14 +177,9 @@ def test_whole_chunk_vae_decode_gives_the_same_frames_within_rounding(checkpoint
 
 def test_vae_dtype_bfloat16_decodes_in_bfloat16_and_its_frames_stay_near_the_fp32_decode(checkpoints, tmp_path):
     from helios_backends.pipeline import Helios
-    from helios_backends.request import GenerationRequest
 
     folder, _ = checkpoints["distilled"]
-    out = tmp_path / "lake.mp4"
-    assert main(["generate", "--model", str(folder), "--prompt", "a lake", "--height", str(HEIGHT), "--width", str(WIDTH),
-                 "--num-frames", "33", "--pyramid-steps", "1", "1", "1", "--vae-dtype", "bfloat16", "--output", str(out)]) == 0
-    assert decode_mp4(out).shape == (33, HEIGHT, WIDTH, 3)
-    req = GenerationRequest(prompt="a lake", height=HEIGHT, width=WIDTH, num_frames=33, pyramid_steps=(1, 1, 1))
+    req = generate_a_lake(folder, tmp_path, "--vae-dtype", "bfloat16")
     cores = {d: Helios.from_pretrained(folder, vae_dtype=d) for d in ("float32", "bfloat16")}
     assert cores["bfloat16"].vae.dtype == torch.bfloat16
     fp32, bf16 = (torch.cat([c.frames for c in core.stream(req)], 1).int() for core in cores.values())
