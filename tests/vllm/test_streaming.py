@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 
 import numpy as np
@@ -102,3 +103,44 @@ def test_media_in_a_live_change_is_refused_naming_the_modality(server):
     replies = []
     _, _, (_, done) = asyncio.run(realtime_session(url, start, timeout=120, after_chunk={0: [media]}, replies=replies))
     assert done["type"] == "error" and "interaction modality 'image' is not supported" in done["message"], (done, replies)
+
+
+@pytest.fixture(scope="module")
+def ulysses_server(tmp_path_factory):
+    """Two diffusion workers (Ulysses 2) on the CPU platform, streaming."""
+    from helios_backends.tiny import make_tiny
+
+    from .test_parallel import PARALLEL_TRANSFORMER
+
+    folder = make_tiny(tmp_path_factory.mktemp("live-ulysses") / "distilled", "distilled", transformer=PARALLEL_TRANSFORMER)
+    previous = os.environ.get("HELIOS_CPU_DEVICES")
+    os.environ["HELIOS_CPU_DEVICES"] = "2"  # two CPU "devices" whatever the core count
+    try:
+        server = start_server(folder, tmp_path_factory, "serve-streaming-ulysses", "--diffusion-streaming-output",
+                              "--step-execution", "--ulysses-degree", "2")
+    finally:
+        if previous is None:
+            os.environ.pop("HELIOS_CPU_DEVICES")
+        else:
+            os.environ["HELIOS_CPU_DEVICES"] = previous
+    yield server
+    server.stop()
+
+
+def test_with_two_sequence_parallel_workers_a_live_change_gives_the_video_of_the_schedule(ulysses_server):
+    """Every rank must take the change at the same chunk boundary: ranks that disagreed would mix
+    two prompts' tokens in one attention and the video would differ from the schedule's."""
+    url = ulysses_server.url.replace("http://", "ws://") + "/v1/realtime/video"
+    start = {"prompt": "a kite", "width": 256, "height": 64, "num_frames": 99, "seed": 3, "extra_params": FAST}
+    change = {"type": "session.interaction",
+              "interaction": {"event_id": "gust", "event": {"prompt": "a kite in a gust of wind"}, "transition_chunks": 1}}
+    chunks, live, (_, done) = asyncio.run(realtime_session(url, start, timeout=300, after_chunk={0: [change]}))
+    assert done["type"] == "session.done" and len(chunks) == 3, done
+    (k,) = [event["generation_chunk_index"] for _, event in chunks if "gust" in event["started_event_ids"]]
+    schedule = {"prompt_schedule": [{"start_chunk": 0, "prompt": "a kite"}, {"start_chunk": k, "prompt": "a kite in a gust of wind"}],
+                "interpolation_steps": 1}
+    _, by_schedule, _ = asyncio.run(realtime_session(url, {**start, "extra_params": {**FAST, **schedule}}, timeout=300))
+    _, unchanged, _ = asyncio.run(realtime_session(url, start, timeout=300))
+    live, by_schedule, unchanged = _frames(live), _frames(by_schedule), _frames(unchanged)
+    assert np.array_equal(live, by_schedule)
+    assert not np.array_equal(live[33 * k :], unchanged[33 * k :])
