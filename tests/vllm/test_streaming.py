@@ -105,41 +105,51 @@ def test_media_in_a_live_change_is_refused_naming_the_modality(server):
     assert done["type"] == "error" and "interaction modality 'image' is not supported" in done["message"], (done, replies)
 
 
-@pytest.fixture(scope="module")
-def ulysses_server(tmp_path_factory):
-    """Two diffusion workers (Ulysses 2) on the CPU platform, streaming."""
+# variant, server flags, the request's steps. CFG-parallel (Base, --cfg-parallel-size 2) is not
+# here: there the change is never reported as started (issue #19 says so), to be fixed first.
+PARALLEL = {"ulysses2": ("distilled", ["--ulysses-degree", "2"], FAST)}
+
+
+@pytest.fixture(scope="module", params=list(PARALLEL))
+def parallel_server(request, tmp_path_factory):
+    """Two diffusion workers on the CPU platform, streaming: Ulysses (Distilled) or CFG-parallel (Base)."""
     from helios_backends.tiny import make_tiny
 
     from .test_parallel import PARALLEL_TRANSFORMER
 
-    folder = make_tiny(tmp_path_factory.mktemp("live-ulysses") / "distilled", "distilled", transformer=PARALLEL_TRANSFORMER)
+    variant, flags, steps = PARALLEL[request.param]
+    folder = make_tiny(tmp_path_factory.mktemp(f"live-{request.param}") / variant, variant, transformer=PARALLEL_TRANSFORMER)
     previous = os.environ.get("HELIOS_CPU_DEVICES")
     os.environ["HELIOS_CPU_DEVICES"] = "2"  # two CPU "devices" whatever the core count
     try:
-        server = start_server(folder, tmp_path_factory, "serve-streaming-ulysses", "--diffusion-streaming-output",
-                              "--step-execution", "--ulysses-degree", "2")
+        server = start_server(folder, tmp_path_factory, f"serve-streaming-{request.param}", "--diffusion-streaming-output",
+                              "--step-execution", *flags)
     finally:
         if previous is None:
             os.environ.pop("HELIOS_CPU_DEVICES")
         else:
             os.environ["HELIOS_CPU_DEVICES"] = previous
-    yield server
+    yield server, steps
     server.stop()
 
 
-def test_with_two_sequence_parallel_workers_a_live_change_gives_the_video_of_the_schedule(ulysses_server):
+def test_with_two_parallel_workers_a_live_change_gives_the_video_of_the_schedule(parallel_server):
     """Every rank must take the change at the same chunk boundary: ranks that disagreed would mix
-    two prompts' tokens in one attention and the video would differ from the schedule's."""
-    url = ulysses_server.url.replace("http://", "ws://") + "/v1/realtime/video"
-    start = {"prompt": "a kite", "width": 256, "height": 64, "num_frames": 99, "seed": 3, "extra_params": FAST}
+    two prompts in one step and the video would differ from the schedule's."""
+    server, steps = parallel_server
+    url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
+    start = {"prompt": "a kite", "width": 256, "height": 64, "num_frames": 99, "seed": 3, "extra_params": steps}
     change = {"type": "session.interaction",
               "interaction": {"event_id": "gust", "event": {"prompt": "a kite in a gust of wind"}, "transition_chunks": 1}}
-    chunks, live, (_, done) = asyncio.run(realtime_session(url, start, timeout=300, after_chunk={0: [change]}))
+    replies = []
+    chunks, live, (_, done) = asyncio.run(realtime_session(url, start, timeout=300, after_chunk={0: [change]}, replies=replies))
     assert done["type"] == "session.done" and len(chunks) == 3, done
-    (k,) = [event["generation_chunk_index"] for _, event in chunks if "gust" in event["started_event_ids"]]
+    started = [event["generation_chunk_index"] for _, event in chunks if "gust" in event["started_event_ids"]]
+    assert len(started) == 1, (replies, [event for _, event in chunks])
+    k = started[0]
     schedule = {"prompt_schedule": [{"start_chunk": 0, "prompt": "a kite"}, {"start_chunk": k, "prompt": "a kite in a gust of wind"}],
                 "interpolation_steps": 1}
-    _, by_schedule, _ = asyncio.run(realtime_session(url, {**start, "extra_params": {**FAST, **schedule}}, timeout=300))
+    _, by_schedule, _ = asyncio.run(realtime_session(url, {**start, "extra_params": {**start["extra_params"], **schedule}}, timeout=300))
     _, unchanged, _ = asyncio.run(realtime_session(url, start, timeout=300))
     live, by_schedule, unchanged = _frames(live), _frames(by_schedule), _frames(unchanged)
     assert np.array_equal(live, by_schedule)
