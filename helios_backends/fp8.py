@@ -87,17 +87,12 @@ def quantize_blocks(blocks: nn.ModuleList) -> int:
     swapped = 0
     for block in blocks:
         for path in QUANTIZED:
-            parent_path, _, name = path.rpartition(".")
             try:
-                parent = block.get_submodule(parent_path)
-            except AttributeError:
+                linear = block.get_submodule(path)
+            except AttributeError:  # the other of fused / unfused projections
                 continue
-            linear = getattr(parent, name, None) if not name.isdigit() else parent[int(name)]
-            if not isinstance(linear, nn.Linear):
-                continue
-            if name.isdigit():
-                parent[int(name)] = Fp8Linear(linear)
-            else:
-                setattr(parent, name, Fp8Linear(linear))
-            swapped += 1
+            if isinstance(linear, nn.Linear):
+                parent, _, name = path.rpartition(".")
+                setattr(block.get_submodule(parent), name, Fp8Linear(linear))  # a ModuleList's "0" included
+                swapped += 1
     return swapped
