@@ -167,3 +167,23 @@ def test_gpu_streamed_text_encoding_holds_one_block_on_the_device_and_equals_the
     states_bytes = streamed.numel() * streamed.element_size()
     assert torch.cuda.max_memory_allocated() - start <= 2 * block_bytes + 64 * states_bytes
     assert relative_error(streamed.cpu(), resident.encode(["a lake at dawn"], 64).cpu()) <= 1e-5
+
+
+def test_gpu_fp8_blocks_run_on_fp8_tensor_cores_through_the_graphs_near_bf16_and_stream_under_layer_offload(checkpoints):
+    """`--quantization fp8` on CUDA: torch._scaled_mm inside the captured graphs, within FP8's
+    rounding of the bf16 run, and the same e4m3 blocks streamed by `--offload layer`."""
+    from helios_backends.fp8 import Fp8Linear
+
+    folder, _ = checkpoints["distilled"]
+    bf16 = Helios.from_pretrained(folder, device="cuda", dtype="bfloat16")
+    fp8 = Helios.from_pretrained(folder, device="cuda", dtype="bfloat16", quantization="fp8")
+    streamed = Helios.from_pretrained(folder, device="cuda", dtype="bfloat16", quantization="fp8", offload="layer")
+    assert isinstance(fp8.transformer.blocks[0].attn1.to_qkv, Fp8Linear)
+    assert fp8.transformer.blocks[0].attn1.to_qkv.weight.device.type == "cuda"
+    req = request("a fox", 0)
+    want, got = latents(bf16, req), latents(fp8, req)
+    assert len(fp8.denoiser.graphs) == 3
+    assert torch.isfinite(got).all()
+    error = relative_error(got, want)
+    assert 1e-4 < error <= 0.2, error  # quantized (not the bf16 weights), and close to them
+    assert relative_error(latents(streamed, req), got) <= 2e-2
