@@ -180,7 +180,7 @@ class Bench:
         if self.fp8 is None:
             self.fp8 = share_weights(self.ref, self.config, default_ops(self.device))
             self.fp8.fuse_projections()
-            quantize_blocks(self.fp8.blocks)
+            quantize_blocks(self.fp8.blocks, self.fp8.ops)
         return self.fp8
 
     def our_pipeline(self, variant: str, fast: bool = True, fp8: bool = False) -> Helios:

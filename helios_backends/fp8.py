@@ -49,22 +49,26 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Fp8Linear(nn.Module):
     """A linear layer with e4m3 weights (one scale per output channel) and per-token e4m3 inputs;
-    the output in the input's dtype (bf16)."""
+    the output in the input's dtype (bf16).
 
-    def __init__(self, linear: nn.Linear):
+    The inputs are quantized by the backend's `ops.quantize_rows` (a fused kernel on CUDA: the
+    unfused torch version costs about what FP8 saves in the GEMM), optionally through the
+    feed-forward's GELU in the same pass.
+    """
+
+    def __init__(self, linear: nn.Linear, ops):
         super().__init__()
+        self.quantize = ops.quantize_rows
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight, scale = quantize_rows(linear.weight.detach())
         self.weight = nn.Parameter(weight, requires_grad=False)  # (out, in), row-major: the GEMM reads it column-major
         self.weight_scale = nn.Parameter(scale.view(1, -1), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        values, scale = quantize_rows(rows)
-        y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=x.dtype)
-        if self.bias is not None:
-            y = y + self.bias
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """x @ W.T + b, or GELU(x) @ W.T + b with gelu (the feed-forward's down projection)."""
+        values, scale = self.quantize(x.reshape(-1, self.in_features), gelu)
+        y = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> nn.Linear:
@@ -82,8 +86,8 @@ def fp8_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, Fp8Linear) for m in model.modules())
 
 
-def quantize_blocks(blocks: nn.ModuleList) -> int:
-    """Swap each block's QUANTIZED linears for Fp8Linear in place; the number swapped."""
+def quantize_blocks(blocks: nn.ModuleList, ops) -> int:
+    """Swap each block's QUANTIZED linears for Fp8Linear (inputs quantized by `ops`) in place; the number swapped."""
     swapped = 0
     for block in blocks:
         for path in QUANTIZED:
@@ -93,6 +97,6 @@ def quantize_blocks(blocks: nn.ModuleList) -> int:
                 continue
             if isinstance(linear, nn.Linear):
                 parent, _, name = path.rpartition(".")
-                setattr(block.get_submodule(parent), name, Fp8Linear(linear))  # a ModuleList's "0" included
+                setattr(block.get_submodule(parent), name, Fp8Linear(linear, ops))  # a ModuleList's "0" included
                 swapped += 1
     return swapped

@@ -122,8 +122,9 @@ class LayerOffload:
             if index not in self.slot_of:
                 self._load(index, self._free_slot(index))
             slot = self.slot_of[index]
-            if self.copy_stream is not None:
-                torch.cuda.current_stream(self.device).wait_event(self.arrived.pop(index))
+            arrived = self.arrived.pop(index, None)  # none: resident since an earlier forward, its copy long waited for
+            if arrived is not None:
+                torch.cuda.current_stream(self.device).wait_event(arrived)
             _point(block, self.layout, _views(self.slots[slot], self.layout))
             self.history.append(("run", index))
 

@@ -11,7 +11,7 @@ apply the rows to token slices instead of materialising a (B, L, D) tensor per b
 
 The interface: attention, norm_rope (q/k RMSNorm over all heads + interleaved RoPE, fused by the
 Triton backend), rms_norm, rope, layer_norm, modulated_norm, gated_residual, linear_gelu (the
-feed-forward's first layer), and the token sharding hooks shard_tokens / gather_tokens that
+feed-forward's first layer), quantize_rows (FP8 linears' inputs), and the token sharding hooks shard_tokens / gather_tokens that
 sequence parallelism overrides.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .fp8 import quantize_rows
 
 from .backends import device_backend, device_type_of
 
@@ -87,6 +89,10 @@ class TorchOps:
     def linear_gelu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """GELU (tanh approximation) of a linear layer."""
         return F.gelu(F.linear(x, weight, bias), approximate="tanh")
+
+    def quantize_rows(self, x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """FP8 linears' input: each row of (N, K) x, through tanh-GELU if asked, as e4m3 values and an fp32 scale (N, 1)."""
+        return quantize_rows(F.gelu(x, approximate="tanh") if gelu else x)
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate interleaved pairs (x[2i], x[2i+1]) of each head; cos/sin are (B, L, head_dim/2)."""

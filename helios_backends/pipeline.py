@@ -113,7 +113,7 @@ class Helios:
             transformer = load_transformer(folder, dtype, torch.device("cpu"), ops)
             transformer.fuse_projections()
             if quantization == "fp8":
-                quantize_blocks(transformer.blocks)  # on the host: the e4m3 blocks are what streams
+                quantize_blocks(transformer.blocks, ops)  # on the host: the e4m3 blocks are what streams
             for name, module in transformer.named_children():
                 if name != "blocks":
                     module.to(device)
@@ -121,7 +121,7 @@ class Helios:
         else:
             transformer = load_transformer(folder, dtype, device, ops)
             if quantization == "fp8":
-                quantize_blocks(transformer.blocks)
+                quantize_blocks(transformer.blocks, ops)
         if parallel is not None:
             parallel.config.validate(transformer.config.num_attention_heads)
         text_device = torch.device("cpu") if offload != "none" else device

@@ -234,8 +234,8 @@ class FeedForward(nn.Module):
 
     def forward(self, ops, x):
         up = self.net[0].proj
-        if not isinstance(up, nn.Linear):  # FP8 (helios_backends.fp8): the fused linear+GELU takes dense weights
-            return self.net[2](F.gelu(up(x), approximate="tanh"))
+        if not isinstance(up, nn.Linear):  # FP8 (helios_backends.fp8): GELU fused into the down projection's input quantization
+            return self.net[2](up(x), gelu=True)
         return self.net[2](ops.linear_gelu(x, up.weight, up.bias))
 
 

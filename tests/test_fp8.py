@@ -10,6 +10,7 @@ from torch import nn
 from helios_backends.errors import CheckpointError
 from helios_backends.fp8 import E4M3_MAX, Fp8Linear, check_quantization, fp8_quantized, quantize_blocks, quantize_rows
 from helios_backends.loading import load_transformer
+from helios_backends.ops import TorchOps
 
 from .conftest import relative_error
 
@@ -36,7 +37,7 @@ def test_the_fp8_gemm_equals_the_matmul_of_its_dequantized_operands():
     with torch.no_grad():
         linear.weight.copy_(torch.randn(48, 64, generator=g) / 8)
         linear.bias.copy_(torch.randn(48, generator=g))
-    fp8 = Fp8Linear(linear)
+    fp8 = Fp8Linear(linear, TorchOps())
     x = torch.randn(2, 5, 64, generator=g).to(torch.bfloat16)
     got = fp8(x)
     assert got.shape == (2, 5, 48) and got.dtype == torch.bfloat16
@@ -46,12 +47,22 @@ def test_the_fp8_gemm_equals_the_matmul_of_its_dequantized_operands():
     assert 1e-3 < relative_error(got.float(), linear(x).float()) <= 0.1  # quantization's own error, bounded
 
 
+def test_the_down_projection_takes_gelu_of_its_input_in_its_quantization():
+    """The feed-forward's FP8 path: GELU is applied inside the input quantization (one pass on CUDA)."""
+    g = torch.Generator().manual_seed(3)
+    linear = nn.Linear(64, 32).to(torch.bfloat16)
+    fp8 = Fp8Linear(linear, TorchOps())
+    h = torch.randn(7, 64, generator=g).to(torch.bfloat16)
+    assert torch.equal(fp8(h, gelu=True), fp8(torch.nn.functional.gelu(h, approximate="tanh")))
+    assert not torch.equal(fp8(h, gelu=True), fp8(h))
+
+
 def test_blocks_get_fp8_linears_and_the_embedders_norms_and_output_stay_dense(checkpoints):
     folder, _ = checkpoints["distilled"]
     model = load_transformer(folder, torch.bfloat16, torch.device("cpu"))
     model.fuse_projections()
     assert not fp8_quantized(model)
-    swapped = quantize_blocks(model.blocks)
+    swapped = quantize_blocks(model.blocks, model.ops)
     assert swapped == 6 * len(model.blocks)  # qkv, out; cross q, out; ffn up, down (cross k/v stays: once per request)
     block = model.blocks[0]
     assert isinstance(block.attn1.to_qkv, Fp8Linear) and isinstance(block.ffn.net[2], Fp8Linear)
@@ -69,7 +80,7 @@ def test_an_fp8_core_follows_the_bf16_core_closely(checkpoints):
     req = GenerationRequest(prompt="a lake", height=64, width=128, num_frames=33, pyramid_steps=(1, 1, 1), seed=2)
     bf16 = Helios.from_pretrained(folder, dtype="bfloat16")
     fp8 = Helios.from_pretrained(folder, dtype="bfloat16")
-    quantize_blocks(fp8.transformer.blocks)  # from_pretrained refuses fp8 without FP8 hardware; the math runs on CPU
+    quantize_blocks(fp8.transformer.blocks, fp8.transformer.ops)  # from_pretrained refuses fp8 without FP8 hardware; the math runs on CPU
     want, got = (torch.cat([c.latents.float() for c in core.stream(req, decode=False)], 2) for core in (bf16, fp8))
     assert 0 < relative_error(got, want) <= 0.05
 
@@ -87,7 +98,7 @@ def test_lora_on_an_fp8_core_is_refused_and_the_weights_stay(checkpoints, tmp_pa
 
     folder, _ = checkpoints["distilled"]
     core = Helios.from_pretrained(folder, dtype="bfloat16")
-    quantize_blocks(core.transformer.blocks)
+    quantize_blocks(core.transformer.blocks, core.transformer.ops)
     before = core.transformer.blocks[0].attn1.to_out[0].weight.clone()
     with pytest.raises(CheckpointError, match="LoRA with quantization fp8"):
         core.set_loras([(make_tiny_lora(tmp_path / "l.safetensors"), 1.0)])

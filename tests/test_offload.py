@@ -53,6 +53,15 @@ def test_each_block_is_loaded_before_it_runs_and_at_most_slots_are_resident(pair
     assert ("load", 1) in offload.history[:first_run]  # block 1 was fetched while block 0 ran
 
 
+def test_with_a_slot_per_block_each_block_is_loaded_once_and_stays_for_later_forwards(pair):
+    _, model = pair
+    offload = LayerOffload(model.blocks, torch.device("cpu"), slots=len(model.blocks))
+    expected = forward(model)
+    for _ in range(2):
+        assert relative_error(forward(model), expected) == 0.0
+    assert [e for e in offload.history if e[0] == "load"] == [("load", i) for i in range(len(model.blocks))]
+
+
 def test_weights_live_in_the_host_buffer_except_while_their_block_runs(pair):
     _, model = pair
     offload = LayerOffload(model.blocks, torch.device("cpu"), slots=1)

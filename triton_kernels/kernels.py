@@ -140,6 +140,24 @@ def _bias_residual(x_ptr, bias_ptr, res_ptr, numel, C, channel_stride, BLOCK: tl
     tl.store(x_ptr + i, (x + bias + r).to(x_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _quantize_rows_e4m3(x_ptr, q_ptr, scale_ptr, K, x_row_stride, GELU: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One row (token) of x, optionally through tanh-GELU, to e4m3 values and one fp32 scale that
+    maps the row's largest magnitude to 448 (fp8.quantize_rows, in one read of x)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_K)
+    mask = cols < K
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = 0.5 * x * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * inner)) - 1.0))
+    amax = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12)
+    scale = amax / 448.0
+    q = tl.clamp(x / scale, -448.0, 448.0)
+    tl.store(q_ptr + row * K + cols, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=mask)
+    tl.store(scale_ptr + row, scale)
+
+
 def num_warps(block_elements: int) -> int:
     """Warps for a program holding `block_elements` values (Triton's layer-norm tutorial rule)."""
     return min(max(block_elements // 256, 1), 8)

@@ -16,7 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from helios_backends.ops import TorchOps
 
-from .kernels import _bias_residual, _channel_rmsnorm_silu, _gated_residual, _modulated_layernorm, _rmsnorm_rope, block_rows, num_warps
+from .kernels import (_bias_residual, _channel_rmsnorm_silu, _gated_residual, _modulated_layernorm, _quantize_rows_e4m3, _rmsnorm_rope,
+                      block_rows, num_warps)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -83,6 +84,21 @@ class TritonOps(TorchOps):
         if not x.is_cuda:
             return super().linear_gelu(x, weight, bias)
         return torch._addmm_activation(bias, x.flatten(0, -2), weight.t(), use_gelu=True).unflatten(0, x.shape[:-1])
+
+    def quantize_rows(self, x, gelu=False):
+        """One pass over x per row (GELU, amax, scale, e4m3) instead of torch's several.
+        CUDA only: the Triton interpreter's e4m3 conversion does not round as the hardware does,
+        so the CPU tests check the torch reference and tests/gpu this kernel against it."""
+        if not x.is_cuda:
+            return super().quantize_rows(x, gelu)
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        n, k = x.shape
+        values = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=x.device)
+        scale = torch.empty((n, 1), dtype=torch.float32, device=x.device)
+        bk = triton.next_power_of_2(k)
+        _quantize_rows_e4m3[(n,)](x, values, scale, k, x.stride(0), GELU=gelu, BLOCK_K=bk, num_warps=min(max(bk // 512, 1), 16))
+        return values, scale
 
     def norm_rope(self, x, weight, eps, heads, rope):
         """Fused q/k RMSNorm (over all heads) + interleaved RoPE: (B, L, H*hd) -> (B, L, H, hd)."""
