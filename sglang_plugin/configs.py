@@ -20,7 +20,7 @@ from helios_backends.config import VARIANT_DEFAULTS, TransformerConfig, uses_cfg
 from helios_backends.errors import CheckpointError, RequestError
 from helios_backends.loading import plan_for_folder, read_configs
 
-from .front_door import check_engine_options, check_media_paths
+from .front_door import check_engine_options, check_media_paths, stop_if_deleted
 from .offload import core_offload
 from .parallel import check_parallel_settings, served_sp_degree
 from .request_mapping import HELIOS_FIELDS, explicit_fields_of, to_generation_request
@@ -121,6 +121,11 @@ class HeliosSamplingParamsBase(SamplingParams):
     @classmethod
     def video_request_extra_fields(cls) -> frozenset[str]:
         return frozenset(HELIOS_FIELDS)
+
+    def validate_video_final_outputs(self, output_paths: list[str], req: Any) -> dict[str, str]:
+        """A job deleted after its last step: refused here, so SGLang removes the video it wrote."""
+        stop_if_deleted(getattr(req, "request_id", None))
+        return super().validate_video_final_outputs(output_paths, req)
 
     def prepare_video_request_for_queue(self, req: Any) -> None:
         """Check the request against the served checkpoint and its sequence-parallel degree before

@@ -25,7 +25,9 @@ never asked.
 
 SGLang's DELETE only forgets a job's record (it has no abort for a running job), so the front
 door also records each DELETE as an empty marker file, and the worker's denoising loop
-(`check_not_deleted`) stops that job before its next step; the job then writes no video. The
+(`check_not_deleted`) stops that job before its next step; the job then writes no video. A
+DELETE that lands after the last step fails the job once SGLang has written its video
+(`stop_if_deleted`, from the sampling params' final-output check), and SGLang removes the file. The
 front door removes the deleted job's files (its saved uploads, its video if it had finished) and
 answers with `deleted: true`, as the OpenAI SDK's VideoDeleteResponse reads it; the marker goes
 when the job ends (or at once, when it had ended).
@@ -162,6 +164,15 @@ def check_not_deleted(request_id: str | None) -> None:
     marker = _deletion_marker(request_id)
     if marker is not None and marker.exists():
         raise GenerationCancelled(f"job {request_id} was deleted")
+
+
+def stop_if_deleted(request_id: str | None) -> None:
+    """In the HTTP process, after SGLang wrote a job's video: a job deleted since its last step
+    fails, so SGLang removes the video it just wrote (the DELETE's record goes with it)."""
+    marker = _deletion_marker(request_id)
+    if marker is not None and marker.exists():
+        marker.unlink(missing_ok=True)
+        raise GenerationCancelled(f"job {request_id} was deleted while its video was written")
 
 
 def forget_deleted(request_id: str | None, port: int | None = None) -> None:
