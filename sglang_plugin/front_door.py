@@ -14,7 +14,8 @@ Media reach Helios in the body only: base64 / data-URL `image` and `video`, or a
 `engine_upload` accepts exactly that file (a client cannot know the request id in advance) and
 reads it, and refuses every other path.
 
-Engine options the core has no counterpart for (quantization, cache backends) are refused at
+`--quantization fp8` runs the core's FP8 block linears; engine options the core has no counterpart
+for (other quantizations, cache backends) are refused at
 start-up by `check_engine_options`, naming the flag; so are the LoRA flags the core's merge cannot
 honour (`--lora-merge-mode dynamic`, `--lora-alpha`, `--lora-weight-name`, `--lora-target-modules`).
 SGLang's video requests carry no LoRA (such fields are refused); its LoRA routes (/v1/set_lora,
@@ -101,7 +102,6 @@ REFUSED_REQUEST_FIELDS = {
 UPLOAD_FIELDS = frozenset({"input_reference", "video_reference"})
 # ServerArgs field -> (flag, default): start-up options the core has no counterpart for.
 REFUSED_SERVER_ARGS = {
-    "quantization": ("--quantization", None),
     "component_quantizations": ("--component-quantizations", {}),
     "transformer_weights_path": ("--transformer-weights-path", None),
     "cache_dit_config": ("--cache-dit-config", None),
@@ -346,8 +346,18 @@ def register_front_door() -> None:
     HookRegistry.register("sglang.multimodal_gen.runtime.entrypoints.http_server.create_app", add_front_door, HookType.AFTER)
 
 
+def core_quantization(server_args: Any) -> str | None:
+    """`--quantization fp8` -> the core's FP8 block linears (helios_backends.fp8); any other method
+    is refused at start-up, naming it."""
+    value = getattr(server_args, "quantization", None)
+    if value not in (None, "fp8"):
+        raise ValueError(f"--quantization {value!r}: not supported by the Helios core; accepted: fp8 (FP8 block linears) or unset")
+    return value
+
+
 def check_engine_options(server_args: Any) -> None:
     """Refuse, at start-up, engine options the Helios core would otherwise ignore, naming the flag."""
+    core_quantization(server_args)
     for name, (flag, default) in REFUSED_SERVER_ARGS.items():
         value = getattr(server_args, name, default)
         if value not in (default, None):

@@ -39,7 +39,7 @@ from helios_backends.loading import read_configs
 from helios_backends.ops import default_ops
 from helios_backends.pipeline import Helios
 
-from .front_door import check_not_deleted, forget_deleted
+from .front_door import check_not_deleted, core_quantization, forget_deleted
 from .lora import ALWAYS_MERGED, NamedAdapter, check_target, check_strength, configured_paths, lora_status, requested_adapters
 from .offload import core_offload
 from .parallel import worker_parallel_groups
@@ -122,6 +122,7 @@ class HeliosCorePipeline(LoRAPipeline):
             parallel=parallel,
             offload=offload,
             offload_slots=offload_slots,
+            quantization=core_quantization(server_args),
         )
         return {"helios": helios}
 

@@ -83,12 +83,21 @@ def refused_form_field(items: list[tuple[str, Any]]) -> RequestError | None:
     return None
 
 
+def core_quantization(od_config: Any) -> str | None:
+    """`--quantization fp8` -> the core's FP8 block linears (helios_backends.fp8: per-channel weight
+    and per-token activation scales); any other method is refused at start-up, naming it."""
+    quantization = od_config.quantization_config
+    if quantization is None or od_config.quantization_config_is_auto_detected:
+        return None
+    name = getattr(quantization, "get_name", lambda: quantization)()
+    if name != "fp8":
+        raise ValueError(f"--quantization {name}: not supported by the Helios core; accepted: fp8 (FP8 block linears) or unset")
+    return "fp8"
+
+
 def check_engine_options(od_config: Any) -> None:
     """Refuse, at start-up, engine flags the Helios core would otherwise ignore, naming the flag."""
-    quantization = od_config.quantization_config
-    if quantization is not None and not od_config.quantization_config_is_auto_detected:
-        name = getattr(quantization, "get_name", lambda: quantization)()
-        raise ValueError(f"--quantization {name}: not supported by the Helios core (it runs the checkpoint's own weights); leave it unset")
+    core_quantization(od_config)
     if (od_config.cache_backend or "none") != "none":
         raise ValueError(f"--cache-backend {od_config.cache_backend}: cache backends are not supported by the Helios core; leave it unset")
     if od_config.enable_sleep_mode:

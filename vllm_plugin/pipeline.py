@@ -36,7 +36,7 @@ from helios_backends.parallel import ParallelConfig, ParallelGroups, engine_para
 from helios_backends.pipeline import Helios
 from helios_backends.session import Session
 
-from .front_door import check_engine_options
+from .front_door import check_engine_options, core_quantization
 from .lora import FIELD as LORA_FIELD, adapter_error, check_request_loras, request_loras, startup_loras
 from .requests import to_generation_request
 
@@ -274,6 +274,7 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
                 parallel=parallel, offload=offload,
                 ops=default_ops(current_omni_platform.device_type),  # vllm-ascend's platform: the NPU backend
                 cuda_graphs=not od_config.enforce_eager,  # --enforce-eager: no captured graphs either
+                quantization=core_quantization(od_config),
             )
         self.default_loras = startup_loras(od_config.lora_path, od_config.lora_scale)
         self.helios.set_loras(self.default_loras)  # a bad adapter fails start-up, naming it

@@ -132,12 +132,23 @@ def test_deleting_a_job_removes_its_upload_video_and_delete_record(sglang, serve
 def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_folders):
     from sglang.multimodal_gen.runtime.server_args import ServerArgs
 
-    for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"cache_dit_config": "{}"}, "--cache-dit-config"),
+    for settings, flag in (({"quantization": "modelslim"}, "--quantization 'modelslim'"), ({"cache_dit_config": "{}"}, "--cache-dit-config"),
                            ({"lora_path": "/tmp/lora", "lora_merge_mode": "dynamic"}, "--lora-merge-mode"),
                            ({"lora_path": "/tmp/lora", "lora_alpha": 8}, "--lora-alpha"),
                            ({"lora_path": "/tmp/lora", "lora_weight_name": "a.safetensors"}, "--lora-weight-name")):
         with pytest.raises(ValueError, match=flag):
             ServerArgs.from_kwargs(model_path=str(tiny_folders[VARIANT]), **settings)
+
+
+def test_quantization_fp8_is_the_cores_fp8_and_no_flag_is_none(tiny_folders):
+    """`sglang serve --quantization fp8` loads the core with quantization="fp8" (refused there without FP8 hardware)."""
+    from sglang.multimodal_gen.runtime.server_args import ServerArgs
+
+    from helios_sglang.front_door import core_quantization
+
+    folder = str(tiny_folders[VARIANT])
+    assert core_quantization(ServerArgs.from_kwargs(model_path=folder, quantization="fp8")) == "fp8"
+    assert core_quantization(ServerArgs.from_kwargs(model_path=folder)) is None
 
 
 def test_python_m_sglang_launch_server_serves_a_helios_folder(tiny_folders, fp32_config, tmp_path):

@@ -97,7 +97,18 @@ def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_fol
     from helios_vllm.front_door import check_engine_options
 
     # --lora-path is served since LoRA support (tests/vllm/test_lora.py), no longer refused here.
-    for settings, flag in (({"quantization": "fp8"}, "--quantization"), ({"cache_backend": "tea_cache"}, "--cache-backend"),
+    for settings, flag in (({"quantization": "int8"}, "--quantization int8"), ({"cache_backend": "tea_cache"}, "--cache-backend"),
                            ({"enable_sleep_mode": True}, "--enable-sleep-mode")):
         with pytest.raises(ValueError, match=flag):
             check_engine_options(OmniDiffusionConfig.from_kwargs(model=str(tiny_folders["distilled"]), **settings))
+
+
+def test_quantization_fp8_is_the_cores_fp8_and_no_flag_is_none(tiny_folders):
+    """`vllm serve --quantization fp8` loads the core with quantization="fp8" (refused there without FP8 hardware)."""
+    from vllm_omni.diffusion.data import OmniDiffusionConfig
+
+    from helios_vllm.front_door import core_quantization
+
+    folder = str(tiny_folders["distilled"])
+    assert core_quantization(OmniDiffusionConfig.from_kwargs(model=folder, quantization="fp8")) == "fp8"
+    assert core_quantization(OmniDiffusionConfig.from_kwargs(model=folder)) is None
