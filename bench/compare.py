@@ -667,28 +667,36 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, folder, request, facts, work)
     backends = ["core"] + [b for b in args.backends if b != "core"]
     load_before = os.getloadavg()[0]
+    steps = request.get("pyramid_steps") or [request.get("num_inference_steps")]
+    title = (f"Helios {facts['variant']} {request['task']} {request['width']}x{request['height']}, {request['num_frames']} frames "
+             f"({facts['output_frames']} out, {facts['chunks']} chunks), steps {steps}, seed {request['seed']}, "
+             f"{args.device} {args.dtype}, gamma {facts['gamma']:.4g}")
+
+    def report(rows: list) -> str:
+        """compare.md and compare.json for the rows so far: written after every backend, so a run
+        stopped part-way (a device call's time limit) keeps what it measured."""
+        header = ["# Backend comparison", "", title, "",
+                  f"Model: `{args.model or 'built-in tiny model'}`; host: {platform.node()} ({os.cpu_count()} CPUs); "
+                  f"{time.strftime('%Y-%m-%d %H:%M')}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+                  "(other work on the machine slows every timing).",
+                  f"Command: `python bench/compare.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+                  f"Start-up: process start -> ready (/health 200; weights loaded for core/diffusers). 1st request: the first, "
+                  f"untimed one ({args.warmup} warm-up). E2E: median of {args.repeats} timed requests, request -> mp4 bytes in hand. "
+                  "FPS: frames out / E2E. TTFC: first chunk in the client's hands. Peak memory: the whole process tree over its "
+                  "life (PSS counts shared pages once). Equals core: what is compared is in the notes."]
+        text = table(rows, header)
+        (out / "compare.md").write_text(text)
+        (out / "compare.json").write_text(json.dumps({"title": title, "request": request, "facts": facts,
+                                                      "rows": [asdict(r) for r in rows]}, indent=2))
+        return text
+
     rows = []
     for backend in backends:
         row = bench.run(backend)
         rows.append(row)
         print(f"   {row.status} {row.reason[:200]}", flush=True)
-    steps = request.get("pyramid_steps") or [request.get("num_inference_steps")]
-    title = (f"Helios {facts['variant']} {request['task']} {request['width']}x{request['height']}, {request['num_frames']} frames "
-             f"({facts['output_frames']} out, {facts['chunks']} chunks), steps {steps}, seed {request['seed']}, "
-             f"{args.device} {args.dtype}, gamma {facts['gamma']:.4g}")
-    header = ["# Backend comparison", "", title, "",
-              f"Model: `{args.model or 'built-in tiny model'}`; host: {platform.node()} ({os.cpu_count()} CPUs); "
-              f"{time.strftime('%Y-%m-%d %H:%M')}; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-              "(other work on the machine slows every timing).",
-              f"Command: `python bench/compare.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
-              f"Start-up: process start -> ready (/health 200; weights loaded for core/diffusers). 1st request: the first, "
-              f"untimed one ({args.warmup} warm-up). E2E: median of {args.repeats} timed requests, request -> mp4 bytes in hand. "
-              "FPS: frames out / E2E. TTFC: first chunk in the client's hands. Peak memory: the whole process tree over its "
-              "life (PSS counts shared pages once). Equals core: what is compared is in the notes."]
-    text = table(rows, header)
-    (out / "compare.md").write_text(text)
-    (out / "compare.json").write_text(json.dumps({"title": title, "request": request, "facts": facts,
-                                                  "rows": [asdict(r) for r in rows]}, indent=2))
+        report(rows)
+    text = report(rows)
     chart(rows, out / "compare.png", title)
     print(text)
     print(f"wrote {out / 'compare.md'}, {out / 'compare.png'}, {out / 'compare.json'}")
