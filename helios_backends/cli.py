@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-parallel", action="store_true", help="conditional/unconditional branches on two ranks (run under torchrun)")
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="merge a LoRA adapter (safetensors file or folder) at SCALE (default 1); repeatable")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="the transformer's and text encoder's dtype (default: bfloat16 on a GPU or NPU, float32 on the CPU)")
     g.add_argument("--quantization", choices=["fp8"],
                    help="fp8: the transformer blocks' linear layers on FP8 tensor cores (a GPU with compute capability 8.9+, --dtype bfloat16)")
     g.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="float32",
@@ -178,6 +179,12 @@ def _request(args):
         raise request_error(exc) from None
 
 
+def default_dtype(device) -> str:
+    """What the released weights are and what users of an accelerator run: bfloat16 there; the
+    CPU keeps float32 (its bfloat16 matmuls are slow and its tests compare in float32)."""
+    return "float32" if device.type == "cpu" else "bfloat16"
+
+
 def generate(args) -> None:
     from .fp8 import check_quantization
     from .loading import plan_for_folder, read_configs, resolve_device, resolve_dtype
@@ -215,8 +222,9 @@ def generate(args) -> None:
         raise CliError(f"--offload-slots: must be >= 1, got {args.offload_slots}")
     if args.vae_frames_per_call < 0:
         raise CliError(f"--vae-frames-per-call: must be >= 0 (0: a whole chunk per pass), got {args.vae_frames_per_call}")
+    dtype = resolve_dtype(args.dtype or default_dtype(device))
     try:
-        check_quantization(args.quantization, device, resolve_dtype(args.dtype))
+        check_quantization(args.quantization, device, dtype)
     except CheckpointError as exc:
         raise CliError(f"--quantization: {exc}") from None
     if args.quantization and args.lora:
@@ -227,9 +235,9 @@ def generate(args) -> None:
         raise CliError("--prompts-from: '-' (stdin) reaches one rank only under torchrun; give a file every rank reads")
     changes = LivePrompts.open(args.prompts_from) if args.prompts_from else None
     if parallel.world_size > 1:
-        run_distributed(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, parallel, memory, changes)
+        run_distributed(folder, p, device, dtype, out, args.fps, args.output_latents, parallel, memory, changes)
     else:
-        run(folder, p, device, resolve_dtype(args.dtype), out, args.fps, args.output_latents, memory=memory, changes=changes)
+        run(folder, p, device, dtype, out, args.fps, args.output_latents, memory=memory, changes=changes)
 
 
 class LivePrompts:

@@ -237,3 +237,13 @@ def test_sizes_the_ranks_cannot_split_are_refused_before_torchrun_starts_any_gro
     assert err.endswith("--height: ulysses_degree x ring_degree = 2 must divide the 27 current-chunk tokens of pyramid stage 1 of 3 "
                         "at height 64, width 192 (every sequence-parallel rank takes an equal share of each call's history and "
                         "current-chunk tokens); nearest accepted: height 128 (width 192), or width 128 or 256 (height 64)"), err
+
+
+def test_the_default_dtype_is_bfloat16_on_an_accelerator_and_float32_on_the_cpu():
+    """`helios generate --device cuda` without --dtype runs the released weights' bfloat16, as diffusers users do."""
+    import torch
+
+    from helios_backends.cli import default_dtype
+
+    assert default_dtype(torch.device("cuda")) == "bfloat16"  # torch_npu registers "npu" as a non-CPU type too
+    assert default_dtype(torch.device("cpu")) == "float32"

@@ -137,7 +137,7 @@ def test_gpu_helios_generate_on_cuda_writes_the_eager_cores_video(checkpoints, t
     folder, _ = checkpoints[variant]
     out, saved = tmp_path / "out.mp4", tmp_path / "latents.safetensors"
     command = [sys.executable, "-c", "import sys; from helios_backends.cli import main; sys.exit(main())", "generate",
-               "--model", str(folder), "--device", "cuda", "--prompt", "a red fox", "--height", str(HEIGHT), "--width", str(WIDTH),
+               "--model", str(folder), "--device", "cuda", "--dtype", "float32", "--prompt", "a red fox", "--height", str(HEIGHT), "--width", str(WIDTH),
                "--num-frames", "66", "--seed", "3", "--output", str(out), "--output-latents", str(saved), *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
