@@ -1,11 +1,12 @@
 """Low-VRAM execution: the text encoder off the GPU between prompts, transformer blocks streamed.
 
-`layer` offload keeps every transformer block's weights in pinned host memory and a few
-resident "slots" on the GPU. Before block i runs, its weights must have arrived in a slot; right
-after it is scheduled, the copy of block i + slots into the slot freed by block i - 1 starts on
-a side stream, so transfers overlap compute. Block weights become views of a slot's flat buffer,
-so the model code is untouched. Everything outside the blocks (embedders, output layer) stays
-resident: it is small.
+`layer` offload keeps the transformer blocks' weights in pinned host memory and a few
+"slots" on the GPU. Before block i runs, its weights must have arrived in a slot; right after it
+is scheduled, the copy of the block `slots` ahead into the slot block i used starts on a side
+stream, so transfers overlap compute. Block weights become views of a slot's flat buffer, so the
+model code is untouched. Everything outside the blocks (embedders, output layer) stays resident:
+it is small. With `resident` > 0 the first blocks stay on the GPU for good and only the others
+stream: each forward then copies fewer bytes (the 12 / 16 GB profiles trade memory for speed).
 
 `model` offload moves the text encoder to the GPU only to encode prompts.
 """
@@ -59,43 +60,57 @@ def _point(block: nn.Module, layout: _Layout, tensors: list[torch.Tensor]) -> No
 
 
 class LayerOffload:
-    """Streams a ModuleList of identical blocks through `slots` device-resident copies."""
+    """Streams a ModuleList of identical blocks through `slots` device copies; the first
+    `resident` blocks stay on the device."""
 
-    def __init__(self, blocks: nn.ModuleList, device: torch.device, slots: int = 2):
-        if slots < 1 or slots > len(blocks):
-            raise ValueError(f"offload slots must be between 1 and {len(blocks)} (the block count), got {slots}")
+    def __init__(self, blocks: nn.ModuleList, device: torch.device, slots: int = 2, resident: int = 0):
+        if resident < 0 or resident >= len(blocks):
+            raise ValueError(f"resident blocks must be between 0 and {len(blocks) - 1} (one block at least streams), got {resident}")
+        streamed = len(blocks) - resident
+        if slots < 1 or slots > streamed:
+            raise ValueError(f"offload slots must be between 1 and {streamed} (the streamed block count), got {slots}")
         self.blocks = blocks
         self.device = torch.device(device)
-        self.layout = _layout(blocks[0])
-        if any(_layout(b).shapes != self.layout.shapes for b in blocks):
+        self.pinned = list(range(resident))
+        self.streamed = list(range(resident, len(blocks)))
+        self.position = {index: n for n, index in enumerate(self.streamed)}  # a block's place in the streaming order
+        for index in self.pinned:
+            blocks[index].to(self.device)
+        self.layout = _layout(blocks[self.streamed[0]])
+        if any(_layout(blocks[i]).shapes != self.layout.shapes for i in self.streamed):
             raise ValueError("layer offload needs blocks of identical shapes")
         pin = self.device.type == "cuda"
-        self.host: list[torch.Tensor] = []
-        for block in blocks:
+        self.host: dict[int, torch.Tensor] = {}
+        for index in self.streamed:
+            block = blocks[index]
             flat = torch.empty(self.layout.nbytes, dtype=torch.uint8, pin_memory=pin)
             for view, p in zip(_views(flat, self.layout), (p for _, p in block.named_parameters())):
                 view.copy_(p.detach())
             _point(block, self.layout, _views(flat, self.layout))
-            self.host.append(flat)
+            self.host[index] = flat
         self.slots: list[torch.Tensor | None] = [None] * slots  # allocated on first use, freed by release()
         self.slot_of: dict[int, int] = {}  # block index -> slot holding it (arrived or in flight)
         self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.arrived: dict[int, torch.cuda.Event] = {}
         self.freed: list[torch.cuda.Event | None] = [None] * slots
         self.history: list[tuple[str, int]] = []  # ("load" | "run", block) in order, for inspection
-        self._hooks = [b.register_forward_pre_hook(self._before(i)) for i, b in enumerate(blocks)]
-        self._hooks += [b.register_forward_hook(self._after(i)) for i, b in enumerate(blocks)]
-        for i, block in enumerate(blocks):
+        self._hooks = [blocks[i].register_forward_pre_hook(self._before(i)) for i in self.streamed]
+        self._hooks += [blocks[i].register_forward_hook(self._after(i)) for i in self.streamed]
+        for i in self.streamed:
             # Text K/V are projected once per request outside the block's forward: load for that too.
+            block = blocks[i]
             block.attn2.context_kv = self._resident(i, block, block.attn2.context_kv)
 
     @property
     def resident(self) -> list[int]:
-        return sorted(self.slot_of)
+        """The blocks on the device now: the pinned ones and those in a slot."""
+        return self.pinned + sorted(self.slot_of)
 
     @property
     def device_bytes(self) -> int:
-        return sum(self.layout.nbytes for s in self.slots if s is not None)
+        """Bytes of block weights on the device: the slots allocated and the pinned blocks."""
+        pinned = sum(p.numel() * p.element_size() for i in self.pinned for p in self.blocks[i].parameters())
+        return pinned + sum(self.layout.nbytes for s in self.slots if s is not None)
 
     def _load(self, index: int, slot: int) -> None:
         """Copy block `index` into `slot`, after the slot's previous block has finished computing."""
@@ -139,7 +154,7 @@ class LayerOffload:
                 self.freed[slot] = event
             _point(block, self.layout, _views(self.host[index], self.layout))
             # The slot just freed takes the block `slots` ahead (wrapping to the next forward).
-            ahead = (index + len(self.slots)) % len(self.blocks)
+            ahead = self.streamed[(self.position[index] + len(self.slots)) % len(self.streamed)]
             if ahead not in self.slot_of:
                 self._load(ahead, slot)
 
@@ -160,10 +175,11 @@ class LayerOffload:
         if free:
             return free[0]
         # Evict the resident block needed last from here on.
-        return self.slot_of[max(self.slot_of, key=lambda b: (b - index) % len(self.blocks))]
+        here = self.position[index]
+        return self.slot_of[max(self.slot_of, key=lambda b: (self.position[b] - here) % len(self.streamed))]
 
     def release(self) -> None:
-        """Drop every resident copy (between requests nothing of the blocks stays on the device)."""
+        """Drop every slot (between requests only the pinned blocks stay on the device)."""
         if self.copy_stream is not None:
             self.copy_stream.synchronize()
         self.slot_of.clear()

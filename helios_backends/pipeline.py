@@ -75,6 +75,7 @@ class Helios:
         cuda_graphs: bool = True,
         offload: str = "none",
         offload_slots: int = 2,
+        offload_resident: int = 0,
         vae_frames_per_call: int | None = 1,
         probe: Probe = NO_PROBE,
         quantization: str | None = None,
@@ -87,7 +88,8 @@ class Helios:
         probe: entered around each prompt encoding, transformer call and chunk decode
         (helios_backends.probes; the benchmarks time these sections through it).
         offload: "model" keeps the text encoder off the device between prompts; "layer" also
-        streams the transformer blocks from host memory through `offload_slots` device copies.
+        streams the transformer blocks from host memory through `offload_slots` device copies,
+        keeping the first `offload_resident` blocks on the device (fewer bytes copied per step).
         vae_frames_per_call: latent frames per pass of the VAE decoder's upsampled layers.
         1 (default): the smallest decode peak and the same frames in every offload mode; None: the
         whole chunk in one pass, a few times the memory for a little speed (bench/RESULTS.md).
@@ -117,7 +119,7 @@ class Helios:
             for name, module in transformer.named_children():
                 if name != "blocks":
                     module.to(device)
-            layers = LayerOffload(transformer.blocks, device, offload_slots)
+            layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
         else:
             transformer = load_transformer(folder, dtype, device, ops)
             if quantization == "fp8":

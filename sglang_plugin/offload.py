@@ -1,4 +1,4 @@
-"""SGLang's offload settings -> the core's `offload` mode and `offload_slots`.
+"""SGLang's offload settings -> the core's `offload` mode, `offload_slots` and `offload_resident`.
 
 The core has two ways to save device memory: "model" (the text encoder lives on the host and
 visits the device only to encode prompts; the transformer and VAE, which alternate every chunk,
@@ -12,10 +12,11 @@ per-component flags are read as the memory the user asked to save:
     --image-encoder-cpu-offload, --cpu-offload-components ...,
     --component-residency <component>=component-offload|snapshot-offload -> "model"
 
-With "layer", SGLang's --dit-offload-prefetch-size (layers copied ahead; 0 = one) and
---dit-layerwise-resident-layers (layers kept on the device) together give the number of block
-copies on the device: offload_slots = 1 + prefetched + resident. The core rotates all of them
-(it pins none), so the device holds as many blocks as SGLang would.
+With "layer", SGLang's --dit-offload-prefetch-size (layers copied ahead; 0 = one) gives the
+streamed blocks' device copies, offload_slots = 1 + prefetched, and
+--dit-layerwise-resident-layers the blocks kept on the device for good (offload_resident: the
+first ones), so the device holds as many blocks as SGLang would and the resident ones are never
+copied again.
 
 These are SGLang's resolved values: on a GPU SGLang turns component offload on by itself for
 video models, which lands on "model". On its CPU platform SGLang offloads nothing by itself
@@ -25,7 +26,7 @@ and only explicit flags apply; the core's offload also runs there (host to host)
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from sglang.multimodal_gen.runtime.managers.memory_managers.layerwise_offload_components import (
     normalize_layerwise_offload_components,
@@ -36,21 +37,29 @@ OFFLOADED_MODES = ("component-offload", "snapshot-offload")
 LAYERWISE_DIT_SELECTIONS = frozenset({"dit", "transformer", "all"})
 
 
-def core_offload(server_args: Any, num_layers: int) -> tuple[str, int]:
-    """(offload, offload_slots) for Helios.from_pretrained, or a start-up ValueError naming the flag."""
+class CoreOffload(NamedTuple):
+    """Helios.from_pretrained's offload, offload_slots and offload_resident."""
+
+    offload: str
+    slots: int = 2
+    resident: int = 0
+
+
+def core_offload(server_args: Any, num_layers: int) -> CoreOffload:
+    """The core's offload settings for SGLang's flags, or a start-up ValueError naming the flag."""
     layerwise = set(normalize_layerwise_offload_components(server_args.layerwise_offload_components) or ())
     # What the user named per component (--component-residency first, then explicit legacy
     # flags: SGLang's own priority); None where nothing names it.
     dit_mode = server_args.explicit_residency_mode("transformer")
     if dit_mode == "layerwise-offload" or (dit_mode is None and (server_args.dit_layerwise_offload or layerwise & LAYERWISE_DIT_SELECTIONS)):
-        return "layer", _slots(server_args, num_layers)
+        return _layerwise(server_args, num_layers)
     if any(server_args.explicit_residency_mode(component) in OFFLOADED_MODES for component in COMPONENTS):
-        return "model", 2
+        return CoreOffload("model")
     legacy = (server_args.dit_cpu_offload, server_args.text_encoder_cpu_offload, server_args.vae_cpu_offload,
               server_args.image_encoder_cpu_offload)
     if any(legacy) or server_args.cpu_offload_components or layerwise - LAYERWISE_DIT_SELECTIONS:
-        return "model", 2
-    return "none", 2
+        return CoreOffload("model")
+    return CoreOffload("none")
 
 
 def _layers(server_args: Any, name: str, flag: str, num_layers: int) -> int:
@@ -61,14 +70,14 @@ def _layers(server_args: Any, name: str, flag: str, num_layers: int) -> int:
     return math.ceil(value * num_layers) if value < 1 else int(value)
 
 
-def _slots(server_args: Any, num_layers: int) -> int:
+def _layerwise(server_args: Any, num_layers: int) -> CoreOffload:
     prefetch = max(1, _layers(server_args, "dit_offload_prefetch_size", "--dit-offload-prefetch-size", num_layers))
     resident = _layers(server_args, "dit_layerwise_resident_layers", "--dit-layerwise-resident-layers", num_layers)
-    slots = 1 + prefetch + resident
-    if slots > num_layers:
+    slots = 1 + prefetch
+    if slots + resident > num_layers:
         raise ValueError(
             f"--dit-offload-prefetch-size / --dit-layerwise-resident-layers: 1 running + {prefetch} prefetched + "
-            f"{resident} resident = {slots} blocks on the device, but the transformer has {num_layers}; accepted: a "
+            f"{resident} resident = {slots + resident} blocks on the device, but the transformer has {num_layers}; accepted: a "
             f"total <= {num_layers} (or no --dit-layerwise-offload)"
         )
-    return slots
+    return CoreOffload("layer", slots, resident)

@@ -108,10 +108,10 @@ class HeliosCorePipeline(LoRAPipeline):
         folder = maybe_download_model(self.model_path, force_diffusers_model=True, revision=server_args.revision)
         self.model_path = folder
         config = server_args.pipeline_config
-        offload, offload_slots = core_offload(server_args, read_configs(folder).transformer.num_layers)
+        offload = core_offload(server_args, read_configs(folder).transformer.num_layers)
         parallel = worker_parallel_groups(server_args, folder)
         logger.info(
-            "Helios core: offload=%s offload_slots=%d parallel=%s", offload, offload_slots, parallel.config if parallel else None
+            "Helios core: %s parallel=%s", offload, parallel.config if parallel else None
         )
         helios = Helios.from_pretrained(
             folder,
@@ -120,8 +120,9 @@ class HeliosCorePipeline(LoRAPipeline):
             dtype=PRECISION_TO_TYPE[config.dit_precision],
             vae_dtype=PRECISION_TO_TYPE[config.vae_precision],
             parallel=parallel,
-            offload=offload,
-            offload_slots=offload_slots,
+            offload=offload.offload,
+            offload_slots=offload.slots,
+            offload_resident=offload.resident,
             quantization=core_quantization(server_args),
         )
         return {"helios": helios}

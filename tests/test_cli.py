@@ -221,6 +221,17 @@ def test_torchrun_with_ulysses_writes_the_single_process_latents(tmp_path, tiny_
     assert decode_mp4(tmp_path / "two.mp4").shape == (33, 64, 128, 3)
 
 
+def test_resident_blocks_are_refused_outside_layer_offload_and_beyond_the_streamed_blocks(capsys, checkpoints):
+    folder, _ = checkpoints["distilled"]
+    base = ["generate", "--model", str(folder), "--prompt", "x"]
+    assert cli_error(capsys, *base, "--offload-resident-blocks", "1") == \
+        "helios: error: --offload-resident-blocks: only with --offload layer (got --offload none)"
+    assert "--offload-resident-blocks: must be between 0 and 1 (the model's 2 blocks less --offload-slots 1), got 2" in cli_error(
+        capsys, *base, "--offload", "layer", "--offload-slots", "1", "--offload-resident-blocks", "2")
+    assert "--offload-slots: must be between 1 and 2 (the model's blocks), got 3" in cli_error(
+        capsys, *base, "--offload", "layer", "--offload-slots", "3")
+
+
 def test_parallel_degrees_without_torchrun_are_refused(capsys, checkpoints):
     folder, _ = checkpoints["distilled"]
     err = cli_error(capsys, "generate", "--model", str(folder), "--prompt", "x", "--ulysses-degree", "2")

@@ -92,9 +92,25 @@ def test_release_leaves_nothing_resident(pair):
     assert offload.resident
 
 
+def test_resident_blocks_stay_and_only_the_others_stream_to_the_same_output(pair):
+    """The 12 / 16 GB profile: the first blocks never leave the device, so each forward copies only the rest."""
+    plain, offloaded = pair
+    offload = LayerOffload(offloaded.blocks, torch.device("cpu"), slots=1, resident=1)
+    expected = forward(plain)
+    for _ in range(2):
+        assert relative_error(forward(offloaded), expected) == 0.0
+    assert ("load", 0) not in offload.history and ("run", 0) not in offload.history  # block 0 is never streamed
+    assert [e for e in offload.history if e[0] == "load"] == [("load", 1)]  # the one streamed block stays in the one slot
+    block_bytes = sum(p.numel() * p.element_size() for p in offloaded.blocks[0].parameters())
+    offload.release()
+    assert offload.resident == [0] and offload.device_bytes == block_bytes  # only the pinned block outlives a request
+    with pytest.raises(ValueError, match=r"resident blocks must be between 0 and 1 \(one block at least streams\), got 2"):
+        LayerOffload(plain.blocks, torch.device("cpu"), resident=2)
+
+
 def test_slot_count_is_checked(pair):
     _, model = pair
-    with pytest.raises(ValueError, match="offload slots must be between 1 and 2"):
+    with pytest.raises(ValueError, match=r"offload slots must be between 1 and 2 \(the streamed block count\)"):
         LayerOffload(model.blocks, torch.device("cpu"), slots=3)
 
 

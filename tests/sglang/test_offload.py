@@ -10,15 +10,15 @@ from helios_backends.request import GenerationRequest
 from .conftest import HEIGHT, WIDTH, as_served, core_frames, run_generate
 from .test_generate import _assert_wrote
 
-# Each case: SGLang flags, and the (offload, offload_slots) the core gets for the 2-block tiny model.
+# Each case: SGLang flags, and the (offload, offload_slots, offload_resident) the core gets for the 2-block tiny model.
 CASES = [
-    ([], ("none", 2)),
-    (["--text-encoder-cpu-offload", "true"], ("model", 2)),
-    (["--dit-cpu-offload", "true"], ("model", 2)),
-    (["--vae-cpu-offload", "true"], ("model", 2)),
-    (["--dit-layerwise-offload", "true"], ("layer", 2)),
-    (["--layerwise-offload-components", "dit"], ("layer", 2)),
-    (["--component-residency", "transformer=layerwise-offload"], ("layer", 2)),
+    ([], ("none", 2, 0)),
+    (["--text-encoder-cpu-offload", "true"], ("model", 2, 0)),
+    (["--dit-cpu-offload", "true"], ("model", 2, 0)),
+    (["--vae-cpu-offload", "true"], ("model", 2, 0)),
+    (["--dit-layerwise-offload", "true"], ("layer", 2, 0)),
+    (["--layerwise-offload-components", "dit"], ("layer", 2, 0)),
+    (["--component-residency", "transformer=layerwise-offload"], ("layer", 2, 0)),
 ]
 
 
@@ -35,8 +35,9 @@ def test_offload_flags_map_onto_the_core_offload_mode(tiny_folders, flags, expec
     assert core_offload(_server_args(tiny_folders["mid"], flags), num_layers=2) == expected
 
 
-def test_prefetch_and_resident_layers_count_as_device_slots(tiny_folders):
-    """1 running + prefetched + resident; SGLang's fractions are shares of the layers (40 here)."""
+def test_prefetch_layers_are_streaming_slots_and_resident_layers_stay_on_the_device(tiny_folders):
+    """Slots: 1 running + prefetched; resident layers are the core's pinned blocks. SGLang's
+    fractions are shares of the layers (40 here)."""
     import copy
 
     from sglang.multimodal_gen.runtime.server_args import ServerArgs
@@ -50,9 +51,9 @@ def test_prefetch_and_resident_layers_count_as_device_slots(tiny_folders):
             setattr(args, name, value)
         return core_offload(args, 40)
 
-    assert slots() == ("layer", 2)
-    assert slots(dit_offload_prefetch_size=3) == ("layer", 4)
-    assert slots(dit_offload_prefetch_size=0.1, dit_layerwise_resident_layers=2) == ("layer", 7)
+    assert slots() == ("layer", 2, 0)
+    assert slots(dit_offload_prefetch_size=3) == ("layer", 4, 0)
+    assert slots(dit_offload_prefetch_size=0.1, dit_layerwise_resident_layers=2) == ("layer", 5, 2)
 
 
 def test_more_device_slots_than_blocks_are_refused_at_start_up(tiny_folders):
