@@ -60,6 +60,9 @@ REFUSED_PARALLEL_SETTINGS = {
 }
 PARALLEL_SETTINGS = {**CORE_PARALLEL_SETTINGS, **REFUSED_PARALLEL_SETTINGS}
 
+# state.extra key: the engine has passed a chunk boundary that the next step applies.
+BOUNDARY_DUE = "helios_boundary_due"
+
 
 def core_parallel_config(parallel_config, num_heads: int, uses_cfg: bool = True) -> ParallelConfig:
     """The core's ParallelConfig for vLLM-Omni's parallel settings, or a start-up error naming the flag.
@@ -381,6 +384,8 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
     def step_scheduler(self, state, noise_pred, **kwargs: Any) -> None:
         session: Session = state.extra["helios"]
         try:
+            if state.extra.pop(BOUNDARY_DUE, False):
+                self._start_interactions(state, session)
             with timeout_as_408():
                 finished = session.step()
         except BaseException:
@@ -411,10 +416,21 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
 
     # -- live prompt changes (vLLM-Omni's interaction contract) -----------------------------------
     # The engine's PromptInteractionHandler encodes a `session.interaction` prompt with
-    # `encode_prompt` when it arrives and starts it at the next chunk boundary; the blend itself is
-    # the core's (the session's prompt list), so a change that starts at chunk k makes the video
-    # of the prompt schedule that starts it there with the same transition. The handler's own
+    # `encode_prompt` when it arrives and starts it at a chunk boundary; the blend itself is the
+    # core's (the session's prompt list), so a change that starts at chunk k makes the video of
+    # the prompt schedule that starts it there with the same transition. The handler's own
     # blended `state.prompt_embeds` is its bookkeeping and is not read.
+    #
+    # The engine calls the boundary hook at the end of the step that finishes chunk k-1, after
+    # decoding it, and takes an interaction only between steps. A change that reached the workers
+    # during that step would miss the boundary to k and start at k+1, or never when k is the last
+    # chunk. With few steps per chunk (Base at 2 steps under CFG-parallel on CPU: two quick steps,
+    # then a long decode) a change sent on seeing chunk k-2 arrives during that step, so in a
+    # three-chunk video it never started. The hook therefore only marks the boundary due, and the
+    # handlers advance at the start of the next step, just before chunk k's first denoising step:
+    # any change that arrived before chunk k began starts at k. Every rank takes an interaction at
+    # the same point of the engine's broadcast message order and runs the same steps, so every
+    # rank starts it at the same chunk.
 
     def encode_prompt(
         self, prompt: str, negative_prompt: str | None = None, do_classifier_free_guidance: bool = False,
@@ -437,12 +453,16 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
                               num_latent_frames=session.plan.chunk_frames)
 
     def apply_interaction_at_chunk_boundary(self, state) -> None:
+        """Mark the boundary due: it is applied at the next chunk's first step (see above)."""
+        state.extra[BOUNDARY_DUE] = True
+
+    def _start_interactions(self, state, session: Session) -> None:
         """The engine's handlers advance their events; a prompt event started here goes to the core,
-        which takes it at the chunk the session begins next."""
+        which takes it at the chunk the session begins next (the one this step begins). The engine
+        reports the started event with that chunk."""
         super().apply_interaction_at_chunk_boundary(state)
         started = state.interaction_chunk_metadata.started_event_ids if state.interaction_chunk_metadata else []
         track = state.interaction_sessions.get("prompt")
         if isinstance(track, PromptSession) and track.active_event is not None and track.active_event.event_id in started:
             event = track.active_event
-            session: Session = state.extra["helios"]
             session.generation.set_prompt(event.target_prompt_embeds, event.transition_chunks)

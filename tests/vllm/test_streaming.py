@@ -105,9 +105,9 @@ def test_media_in_a_live_change_is_refused_naming_the_modality(server):
     assert done["type"] == "error" and "interaction modality 'image' is not supported" in done["message"], (done, replies)
 
 
-# variant, server flags, the request's steps. CFG-parallel (Base, --cfg-parallel-size 2) is not
-# here: there the change is never reported as started (issue #19 says so), to be fixed first.
-PARALLEL = {"ulysses2": ("distilled", ["--ulysses-degree", "2"], FAST)}
+# variant, server flags, the request's step fields (Distilled: pyramid steps; Base: num_inference_steps, CFG on).
+PARALLEL = {"ulysses2": ("distilled", ["--ulysses-degree", "2"], {"extra_params": FAST}),
+            "cfg2": ("base", ["--cfg-parallel-size", "2"], {"num_inference_steps": 2})}
 
 
 @pytest.fixture(scope="module", params=list(PARALLEL))
@@ -138,7 +138,7 @@ def test_with_two_parallel_workers_a_live_change_gives_the_video_of_the_schedule
     two prompts in one step and the video would differ from the schedule's."""
     server, steps = parallel_server
     url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
-    start = {"prompt": "a kite", "width": 256, "height": 64, "num_frames": 99, "seed": 3, "extra_params": steps}
+    start = {"prompt": "a kite", "width": 256, "height": 64, "num_frames": 99, "seed": 3, **steps}
     change = {"type": "session.interaction",
               "interaction": {"event_id": "gust", "event": {"prompt": "a kite in a gust of wind"}, "transition_chunks": 1}}
     replies = []
@@ -149,7 +149,8 @@ def test_with_two_parallel_workers_a_live_change_gives_the_video_of_the_schedule
     k = started[0]
     schedule = {"prompt_schedule": [{"start_chunk": 0, "prompt": "a kite"}, {"start_chunk": k, "prompt": "a kite in a gust of wind"}],
                 "interpolation_steps": 1}
-    _, by_schedule, _ = asyncio.run(realtime_session(url, {**start, "extra_params": {**start["extra_params"], **schedule}}, timeout=300))
+    scheduled = {**start, "extra_params": {**start.get("extra_params", {}), **schedule}}
+    _, by_schedule, _ = asyncio.run(realtime_session(url, scheduled, timeout=300))
     _, unchanged, _ = asyncio.run(realtime_session(url, start, timeout=300))
     live, by_schedule, unchanged = _frames(live), _frames(by_schedule), _frames(unchanged)
     assert np.array_equal(live, by_schedule)
