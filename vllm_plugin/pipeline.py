@@ -106,25 +106,34 @@ def check_cpu_workers(od_config: OmniDiffusionConfig, config: ParallelConfig) ->
         )
 
 
-def core_offload(od_config: OmniDiffusionConfig) -> str:
-    """The core's offload mode for the engine's offload settings, which the core then owns.
+def core_offload(od_config: OmniDiffusionConfig) -> tuple[str, int]:
+    """The core's offload mode and resident blocks for the engine's offload settings, which the core then owns.
 
     `--enable-cpu-offload` (or `--diffusion-offload-config` mode=module) -> "model",
-    `--enable-layerwise-offload` (mode=layer) -> "layer" with its prefetching side stream. The
-    policy vLLM-Omni resolved for this worker is then set to none, so its own offload backend
-    does not hook the core's modules a second time.
+    `--enable-layerwise-offload` (mode=layer) -> "layer" with its prefetching side stream.
+    `{"mode": "layer", "dit": {"weight_transfer": "rank-local", "resident_layers": K}}` (which
+    vLLM-Omni files under its distributed layerwise strategy) -> "layer" keeping K blocks on the
+    device; an all-gathered transfer (weights sharded over the ranks) is refused. The policy
+    vLLM-Omni resolved for this worker is then set to none, so its own offload backend does not
+    hook the core's modules a second time.
     """
-    from vllm_omni.diffusion.offloader.config import OffloadStrategy, resolve_offload
+    from vllm_omni.diffusion.offloader.config import DIT_COMPONENT, OffloadStrategy, resolve_offload
 
     modes = {OffloadStrategy.NONE: "none", OffloadStrategy.MODEL_LEVEL: "model", OffloadStrategy.LAYER_WISE: "layer"}
     resolved = resolve_offload(od_config)
-    if resolved.strategy not in modes:
+    resident = 0
+    if resolved.strategy is OffloadStrategy.DISTRIBUTED_LAYER_WISE and not resolved.uses_allgather(DIT_COMPONENT):
+        mode, resident = "layer", resolved.resident_layers
+    elif resolved.strategy in modes:
+        mode = modes[resolved.strategy]
+    else:
         raise ValueError(
-            f"offload strategy {resolved.strategy.name.lower()} (--enable-distributed-layerwise-offload): "
-            "not supported by the Helios core; accepted: --enable-cpu-offload or --enable-layerwise-offload"
+            f"offload strategy {resolved.strategy.name.lower()} (--enable-distributed-layerwise-offload, weights all-gathered "
+            "over the ranks): not supported by the Helios core; accepted: --enable-cpu-offload, --enable-layerwise-offload, "
+            "or a rank-local layer offload with resident_layers"
         )
     od_config._resolved_diffusion_offload = dataclasses.replace(resolved, strategy=OffloadStrategy.NONE)
-    return modes[resolved.strategy]
+    return mode, resident
 
 
 HELIOS_SETTINGS = {"vae_dtype": ("float32", "bfloat16")}
@@ -268,13 +277,13 @@ class HeliosCorePipeline(nn.Module, InteractionMixin):
         check_cpu_workers(od_config, config)
         parallel = engine_parallel_groups(config)
         self.streaming = bool(od_config.streaming_output)
-        offload = core_offload(od_config)
+        offload, resident = core_offload(od_config)
         settings = core_settings(od_config)
-        logger.info("Helios core: offload=%s parallel=%s", offload, None if parallel is None else parallel.config)
+        logger.info("Helios core: offload=%s resident=%d parallel=%s", offload, resident, None if parallel is None else parallel.config)
         with default_dtype(torch.float32):
             self.helios = Helios.from_pretrained(
                 od_config.model, device=get_local_device(), dtype=od_config.dtype, vae_dtype=settings["vae_dtype"],
-                parallel=parallel, offload=offload,
+                parallel=parallel, offload=offload, offload_resident=resident,
                 ops=default_ops(current_omni_platform.device_type),  # vllm-ascend's platform: the NPU backend
                 cuda_graphs=not od_config.enforce_eager,  # --enforce-eager: no captured graphs either
                 quantization=core_quantization(od_config),

@@ -81,6 +81,18 @@ def test_distributed_layerwise_offload_is_refused_naming_the_flag(parallel_folde
         core_offload(OmniDiffusionConfig(model=str(parallel_folders["distilled"]), enable_distributed_layerwise_offload=True))
 
 
+def test_layer_offload_with_resident_layers_keeps_that_many_blocks_on_the_device(parallel_folders):
+    """vLLM-Omni's rank-local layer offload with `resident_layers` is the core's --offload-resident-blocks."""
+    from vllm_omni.diffusion.data import OmniDiffusionConfig
+
+    from helios_vllm.pipeline import core_offload
+
+    folder = str(parallel_folders["distilled"])
+    resident = {"mode": "layer", "components": ["dit"], "layer_options": {"dit": {"weight_transfer": "rank-local", "resident_layers": 1}}}
+    assert core_offload(OmniDiffusionConfig(model=folder, diffusion_offload_config=resident)) == ("layer", 1)
+    assert core_offload(OmniDiffusionConfig(model=folder, enable_layerwise_offload=True)) == ("layer", 0)
+
+
 def test_the_engine_refuses_sizes_its_sequence_parallel_degree_cannot_split_before_queueing(parallel_folders):
     from types import SimpleNamespace
 
