@@ -111,7 +111,8 @@ class HeliosCorePipeline(LoRAPipeline):
         offload = core_offload(server_args, read_configs(folder).transformer.num_layers)
         parallel = worker_parallel_groups(server_args, folder)
         logger.info(
-            "Helios core: %s parallel=%s", offload, parallel.config if parallel else None
+            "Helios core: offload=%s offload_slots=%d offload_resident=%d parallel=%s", offload.offload, offload.slots, offload.resident,
+            parallel.config if parallel else None
         )
         helios = Helios.from_pretrained(
             folder,
