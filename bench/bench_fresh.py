@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from helios_harness.launch import MemorySampler  # noqa: E402
+from helios_harness.launch import Launched  # noqa: E402
 
 OURS = {"helios": [], "helios-layer": ["--offload", "layer"], "helios-fp8": ["--quantization", "fp8"]}
 ROWS = (*OURS, "diffusers")
@@ -81,23 +81,18 @@ def run_row(name: str, args, out: Path) -> Row:
     video.unlink(missing_ok=True)
     argv = command(name, args, video)
     row = Row(name, " ".join(a if " " not in a else repr(a) for a in argv))
-    log = open(out / f"{name}.log", "wb")
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=out)
-    sampler = MemorySampler(proc.pid, gpu=args.device.startswith("cuda"))
-    sampler.start()
+    process = Launched(argv, out / f"{name}.log", cwd=out, gpu=args.device.startswith("cuda"))
     try:
-        code = proc.wait(timeout=args.timeout)
+        code = process.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait()
+        code = None
         row.reason = f"no exit within {args.timeout:g} s"
-    row.wall_s = time.perf_counter() - start
-    sampler.stop()
-    log.close()
-    row.peak_gpu_mib, row.gpu_kind, row.peak_host_mib = sampler.peak_gpu >> 20, sampler.gpu_kind, sampler.peak_host >> 20
+    row.wall_s = time.time() - process.started
+    process.stop()  # stops the memory sampler too (and a process that outlived the timeout)
+    memory = process.memory
+    row.peak_gpu_mib, row.gpu_kind, row.peak_host_mib = memory.peak_gpu >> 20, memory.gpu_kind, memory.peak_host >> 20
     if code != 0 or not video.is_file():
-        tail = (out / f"{name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        tail = process.log_tail().strip().splitlines()[-1:] or [""]
         row.status, row.reason = "failed", row.reason or f"exit {code}: {tail[0][-300:]}"
         return row
     row.frames = int(decode_mp4(video).shape[0])

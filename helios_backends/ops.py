@@ -11,8 +11,8 @@ apply the rows to token slices instead of materialising a (B, L, D) tensor per b
 
 The interface: attention, norm_rope (q/k RMSNorm over all heads + interleaved RoPE, fused by the
 Triton backend), rms_norm, rope, layer_norm, modulated_norm, gated_residual, linear_gelu (the
-feed-forward's first layer), quantize_rows (FP8 linears' inputs), and the token sharding hooks shard_tokens / gather_tokens that
-sequence parallelism overrides.
+feed-forward's first layer), quantize_rows (FP8 linears' inputs), and the token sharding hooks
+shard_tokens / gather_tokens that sequence parallelism overrides.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .fp8 import quantize_rows
-
 from .backends import device_backend, device_type_of
+from .fp8 import quantize_rows
 
 
 def _rows(t: torch.Tensor, split: int, length: int):
