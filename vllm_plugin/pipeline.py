@@ -111,8 +111,8 @@ def core_offload(od_config: OmniDiffusionConfig) -> tuple[str, int]:
 
     `--enable-cpu-offload` (or `--diffusion-offload-config` mode=module) -> "model",
     `--enable-layerwise-offload` (mode=layer) -> "layer" with its prefetching side stream.
-    `{"mode": "layer", "dit": {"weight_transfer": "rank-local", "resident_layers": K}}` (which
-    vLLM-Omni files under its distributed layerwise strategy) -> "layer" keeping K blocks on the
+    `{"mode": "layer", "components": ["dit"], "layer_options": {"dit": {"weight_transfer":
+    "rank-local", "resident_layers": K}}}` (which vLLM-Omni files under its distributed layerwise strategy) -> "layer" keeping K blocks on the
     device; an all-gathered transfer (weights sharded over the ranks) is refused. The policy
     vLLM-Omni resolved for this worker is then set to none, so its own offload backend does not
     hook the core's modules a second time.
