@@ -4,8 +4,10 @@ Distilled [1,1,1], 384x640, each configuration in its own process so its peak me
     python bench/bench_offload.py --out bench/results              # every configuration, then the table
     python bench/bench_offload.py --config ours:layer:2 --out DIR   # one configuration (what the driver runs)
 
-With --folder (e.g. from bench/random_checkpoint.py), folder:none|model|layer:2 load the core
-through `Helios.from_pretrained(offload=...)` and encode a text prompt, as `helios generate` does.
+With --folder (e.g. from bench/random_checkpoint.py), folder:none|model|layer:S[:R] load the core
+through `Helios.from_pretrained(offload=..., offload_slots=S, offload_resident=R)` and encode a
+text prompt, as `helios generate` does; their rows also give the allocator's peak within the
+text encoding, the transformer calls and the decodes (which phase sets the process's figure).
 Configurations: ours none (resident weights, CUDA graphs), ours layer with 2 and 4 slots (blocks
 streamed from pinned host memory, prefetch on a side stream), diffusers' group offloading at
 block level and at leaf level, both with streams (its low-VRAM setting; eager: compilation does
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helios_harness.launch import Launched  # noqa: E402
 from bench.bench_gpu import diffusers_scheduler, pipeline_config, random_weights, scheduler_config, share_weights  # noqa: E402
+from bench.timing import RunProbe  # noqa: E402
 
 from helios_backends.config import TransformerConfig  # noqa: E402
 from helios_backends.offload import LayerOffload  # noqa: E402
@@ -40,8 +43,19 @@ from helios_backends.request import GenerationRequest  # noqa: E402
 from helios_backends.vae import WanVAE  # noqa: E402
 
 CONFIGS = ("ours:none", "ours:layer:2", "ours:layer:4", "diffusers:block_level", "diffusers:leaf_level")
-# With --folder: the core loaded by Helios.from_pretrained(offload=...), text encoder included.
-FOLDER_CONFIGS = ("folder:none", "folder:model", "folder:layer:2")
+# With --folder: the core loaded by Helios.from_pretrained(offload=...), text encoder included;
+# folder:layer:SLOTS:RESIDENT keeps RESIDENT blocks on the device (the 12 / 16 GB profiles).
+FOLDER_CONFIGS = ("folder:none", "folder:model", "folder:layer:2", "folder:layer:2:8", "folder:layer:2:16")
+
+
+def configuration(text: str) -> str:
+    """A --config(s) value: one of CONFIGS, or folder:none|model, or folder:layer:SLOTS[:RESIDENT]."""
+    parts = text.split(":")
+    if text in CONFIGS or text in ("folder:none", "folder:model"):
+        return text
+    if parts[:2] == ["folder", "layer"] and 3 <= len(parts) <= 4 and all(p.isdigit() for p in parts[2:]):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: one of {', '.join(CONFIGS)}, folder:none, folder:model, folder:layer:SLOTS[:RESIDENT]")
 HEIGHT, WIDTH = 384, 640
 
 
@@ -95,9 +109,10 @@ def run_theirs(ref, vae, device, offload_type: str, prompt):
     return request
 
 
-def run_folder(folder: str, device, mode: str, slots: int):
+def run_folder(folder: str, device, mode: str, slots: int, resident: int, probe: RunProbe):
     """The user's path: `Helios.from_pretrained(folder, offload=mode)` and a text prompt."""
-    helios = Helios.from_pretrained(folder, device=device, dtype="bfloat16", vae_dtype="bfloat16", offload=mode, offload_slots=slots)
+    helios = Helios.from_pretrained(folder, device=device, dtype="bfloat16", vae_dtype="bfloat16", offload=mode, offload_slots=slots,
+                                    offload_resident=resident, probe=probe)
 
     def request(n):
         req = GenerationRequest(prompt="a red fox running through snow", height=HEIGHT, width=WIDTH, num_frames=n,
@@ -113,8 +128,10 @@ def one(config: str, frames: int, out: Path, folder: str | None = None) -> dict:
     impl, mode, *rest = config.split(":")
     t = time.perf_counter()
     slots = int(rest[0]) if rest else 2
+    resident = int(rest[1]) if len(rest) > 1 else 0
+    probe = RunProbe()
     if impl == "folder":
-        ref, request = None, run_folder(folder, device, mode, slots)
+        ref, request = None, run_folder(folder, device, mode, slots, resident, probe)
     else:
         ref, vae = build(device)
         g = torch.Generator(device=device).manual_seed(1)
@@ -124,18 +141,21 @@ def one(config: str, frames: int, out: Path, folder: str | None = None) -> dict:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     setup = time.perf_counter() - t
-    resident = torch.cuda.memory_allocated() / 2**30
+    resident_gib = torch.cuda.memory_allocated() / 2**30
     t = time.perf_counter()
     request(33)
     torch.cuda.synchronize()
     warmup = time.perf_counter() - t
     torch.cuda.reset_peak_memory_stats()
+    _, meter = probe.start(device)
     t = time.perf_counter()
     n = request(frames)
     torch.cuda.synchronize()
     wall = time.perf_counter() - t
+    free, total = torch.cuda.mem_get_info()
     row = dict(config=config, frames=n, wall=wall, fps=n / wall, peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-               reserved_gib=torch.cuda.max_memory_reserved() / 2**30, resident_gib=resident, setup_s=setup, warmup_s=warmup)
+               reserved_gib=torch.cuda.max_memory_reserved() / 2**30, resident_gib=resident_gib, setup_s=setup, warmup_s=warmup,
+               device_used_gib=(total - free) / 2**30, **{f"{name}_peak_gib": meter.gib(name) for name in meter.within})
     print(json.dumps(row), flush=True)
     return row
 
@@ -148,25 +168,28 @@ def table(rows: list[dict], frames: int, alloc_conf: str | None = None) -> str:
              f"PYTORCH_CUDA_ALLOC_CONF={alloc_conf or '(unset)'}",
              f"nvidia-smi GiB: the process's device memory over its whole life (load, warm-up, timed request), {'; '.join(kinds) or 'n/a'}. "
              "Allocated / reserved: torch's peaks over the timed request.",
+             "Within text / transformer / VAE: the allocator's peak inside each kind of call (folder rows).",
              "", "| configuration | frames | wall s | FPS | vs ours resident (same kind) | nvidia-smi GiB | peak allocated GiB | "
-             "peak reserved GiB | setup s | warm-up s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "peak reserved GiB | within text / transformer / VAE GiB | setup s | warm-up s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         smi = f"{r['smi_gib']:.2f}" if r.get("smi_gib") else "-"
         if "fps" not in r:
-            lines.append(f"| {r['config']} | failed: {r['error']} | | | | {smi} | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | {smi} | | | | | |")
             continue
         base = resident.get(r["config"].split(":")[0], resident.get("ours"))
         rel = f"{r['fps'] / base:.2f}x" if base else "-"
+        within = " / ".join(f"{r[k]:.2f}" if k in r else "-" for k in ("text_peak_gib", "transformer_peak_gib", "vae_peak_gib"))
         lines.append(f"| {r['config']} | {r['frames']} | {r['wall']:.2f} | {r['fps']:.2f} | {rel} | {smi} | {r['peak_gib']:.2f} | "
-                     f"{r['reserved_gib']:.2f} | {r['setup_s']:.1f} | {r['warmup_s']:.1f} |")
+                     f"{r['reserved_gib']:.2f} | {within} | {r['setup_s']:.1f} | {r['warmup_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", choices=CONFIGS + FOLDER_CONFIGS, help="run one configuration in this process")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS + FOLDER_CONFIGS)
+    parser.add_argument("--config", type=configuration, help="run one configuration in this process")
+    parser.add_argument("--configs", nargs="+", type=configuration, default=list(CONFIGS),
+                        help=f"default: {' '.join(CONFIGS)}; with --folder e.g. {' '.join(FOLDER_CONFIGS)}")
     parser.add_argument("--folder", help="a Helios folder for the folder:* configurations")
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--timeout", type=float, default=240, help="seconds per configuration")

@@ -1,12 +1,14 @@
 """Micro-measurements behind the fast path's choices (one H200): attention backend for Helios'
-sequence lengths, the bf16 VAE decode of one chunk, and what mp4 encoding on a thread costs.
+sequence lengths, the bf16 VAE decode of one chunk, the decoder's first decode with and without
+cuDNN's autotuner, and what mp4 encoding on a thread costs.
 
-    python bench/probe_gpu.py [--only attention|vae|encode]
+    python bench/probe_gpu.py [--only attention|vae|autotune|encode]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import threading
 import time
@@ -89,6 +91,53 @@ def vae_decode(vae=None, latent_shape=(1, 16, 9, 48, 80), device="cuda", dtype=t
     return results
 
 
+AUTOTUNE_VARIANTS = ("heuristic", "autotune", "autotune-bounded")
+
+
+def decoder_autotune(variant: str | None = None, dtype: str | None = None, bound_gib: float = 4.0):
+    """A process's first chunk decode (384x640, 9 latent frames, the core's default decoder on CUDA)
+    against its later ones, per way of choosing the conv algorithms: cuDNN's heuristic, its
+    autotuner (cudnn.benchmark: every candidate timed on a new shape, each holding its workspace),
+    and the autotuner with the allocator capped at what the process holds plus `bound_gib` during
+    that first decode (a candidate past the cap is skipped). Each variant in a fresh process, since
+    cuDNN keeps its choices per process. Device used: total minus free (cudaMemGetInfo), what
+    nvidia-smi shows for this one process."""
+    if variant is None:
+        for dt in ("float32", "bfloat16"):
+            for v in AUTOTUNE_VARIANTS:
+                subprocess.run([sys.executable, __file__, "--only", "autotune", "--variant", v, "--dtype", dt], check=False)
+        return
+    from diffusers import AutoencoderKLWan
+
+    from helios_backends.wan_decoder import WanChunkDecoder, to_channels_last
+
+    device = torch.device("cuda")
+    vae = AutoencoderKLWan().to(device, getattr(torch, dtype)).eval().requires_grad_(False)
+    to_channels_last(vae)
+    decoder = WanChunkDecoder(vae, channels_last=True, frames_per_pass=1, autotune=variant != "heuristic")
+    z = torch.randn(1, 16, 9, 48, 80, device=device, dtype=vae.dtype, generator=torch.Generator(device).manual_seed(0))
+    total = torch.cuda.get_device_properties(device).total_memory
+
+    def decode_measured():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        decoder(z)
+        torch.cuda.synchronize()
+        free, _ = torch.cuda.mem_get_info()
+        return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30, torch.cuda.memory_reserved() / 2**30, (total - free) / 2**30
+
+    if variant == "autotune-bounded":
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_reserved() + bound_gib * 2**30) / total))
+    first = decode_measured()
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    later = [decode_measured() for _ in range(3)]
+    steady = sum(r[0] for r in later) / len(later)
+    print(f"decoder {dtype} {variant}: first decode {first[0]:.3f} s, peak allocated {first[1]:.2f} GiB, reserved after "
+          f"{first[2]:.2f} GiB, device used {first[3]:.2f} GiB | later decodes {steady:.3f} s each, peak allocated "
+          f"{max(r[1] for r in later):.2f} GiB, device used {later[-1][3]:.2f} GiB", flush=True)
+
+
 def encode_thread_cost():
     """Matmuls issued from Python while another thread encodes H.264: does the GIL stall them?"""
     import numpy as np
@@ -125,12 +174,17 @@ def encode_thread_cost():
     print(f"2000 small matmuls: {alone:.3f} s alone, {busy:.3f} s while encoding on a thread; close {time.perf_counter() - t:.2f} s", flush=True)
 
 
-PROBES = {"attention": attention_backends, "vae": vae_decode, "encode": encode_thread_cost}
+PROBES = {"attention": attention_backends, "vae": vae_decode, "autotune": decoder_autotune, "encode": encode_thread_cost}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=list(PROBES), help="run one probe (default: all)")
+    parser.add_argument("--variant", choices=AUTOTUNE_VARIANTS, help="autotune: one variant in this process")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="autotune: the VAE's dtype")
     args = parser.parse_args()
-    for name, probe in PROBES.items():
-        if args.only in (None, name):
-            probe()
+    if args.variant:
+        decoder_autotune(args.variant, args.dtype)
+    else:
+        for name, probe in PROBES.items():
+            if args.only in (None, name):
+                probe()

@@ -138,11 +138,11 @@ class RunProbe:
     """The bench's probe of our core (helios_backends.probes.Probe), one per Helios it builds.
 
     `start` begins a run's figures: a Timer per section (CUDA events, so the host keeps queueing)
-    and a PeakMeter within the transformer and VAE sections. `calls`, when set to a dict, keeps the
+    and a PeakMeter within the text, transformer and VAE sections. `calls`, when set to a dict, keeps the
     first transformer call's inputs per latent shape (profile_step replays them).
     """
 
-    MEASURED = ("transformer", "vae")
+    MEASURED = ("text", "transformer", "vae")
 
     def __init__(self):
         self.timers: dict[str, Timer] = {}

@@ -116,12 +116,12 @@ def _nearest_2x(frames: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _cudnn_benchmark():
-    """cuDNN picks each conv's algorithm by timing them once per shape: the decoder's shapes
-    repeat every chunk, and its heuristic choice is slower for some of them. Only for the decode,
-    whoever runs it (CLI or engine), leaving the process's setting as it was."""
+def _cudnn_benchmark(on: bool):
+    """With `on`, cuDNN picks each conv's algorithm by timing them once per shape (the decoder's
+    shapes repeat every chunk); without, its heuristic picks. Only for the decode, whoever runs it
+    (CLI or engine), leaving the process's setting as it was."""
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = on
     try:
         yield
     finally:
@@ -135,16 +135,19 @@ class WanChunkDecoder:
     `channels_last` runs the activations in channels_last_3d (call `to_channels_last` on the
     model too, or cuDNN transposes the weights on every call). `frames_per_pass` latent frames
     go through the tail (the layers after the first temporal upsampling) together (None: the
-    whole chunk).
+    whole chunk). `autotune`: cuDNN times its conv algorithms on each new shape (the first
+    decode of a shape then holds the candidates' workspaces, up to the device's free memory).
     """
 
-    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_pass: int | None = None):
+    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_pass: int | None = None,
+                 autotune: bool = True):
         cfg = model.config
         if cfg.is_residual or cfg.patch_size is not None:
             raise NotImplementedError("only the Wan-2.1 VAE decoder (is_residual=False, no patch_size) is supported")
         self.model = model
         self.channels_last = channels_last
         self.frames_per_pass = frames_per_pass
+        self.autotune = autotune
         # Norms and residual adds on the device backend's fused kernels (helios_triton_kernels on
         # CUDA; the CPU tests set them under TRITON_INTERPRET=1); elsewhere torch.
         backend = device_backend(model.device.type)
@@ -156,7 +159,7 @@ class WanChunkDecoder:
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, cache: DecoderCache | None = None) -> torch.Tensor:
-        with _cudnn_benchmark():
+        with _cudnn_benchmark(self.autotune):
             return self._decode(z, DecoderCache() if cache is None else cache)
 
     def _decode(self, z: torch.Tensor, cache: DecoderCache) -> torch.Tensor:

@@ -204,3 +204,41 @@ def test_gpu_the_fused_fp8_row_quantization_equals_the_torch_reference(gelu):
     got, want = got.float(), want.float()
     assert ((got - want).abs() <= want.abs() / 8 + 2**-9).all()  # at most one e4m3 step apart
     assert (got == want).float().mean().item() >= (0.95 if gelu else 0.999)
+
+
+def test_gpu_layer_offload_with_a_resident_block_streams_the_rest_and_equals_the_resident_model(checkpoints):
+    """`--offload layer --offload-resident-blocks 1` on CUDA: block 0 lives on the device, block 1
+    streams from pinned host memory through its slot on the copy stream, request after request."""
+    folder, _ = checkpoints["distilled"]
+    resident = Helios.from_pretrained(folder, device="cuda", dtype="float32", cuda_graphs=False)
+    streamed = Helios.from_pretrained(folder, device="cuda", dtype="float32", offload="layer", offload_slots=1, offload_resident=1)
+    blocks = streamed.transformer.blocks
+    assert all(p.device.type == "cuda" for p in blocks[0].parameters())
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in blocks[1].parameters())
+    for seed, prompt in enumerate(["a fox", "a lake at dawn"]):
+        req = request(prompt, seed)
+        assert relative_error(latents(streamed, req), latents(resident, req)) <= 1e-5
+        assert streamed.resident_blocks == [0]  # the slot was released when the request closed
+        assert all(p.device.type == "cpu" for p in blocks[1].parameters())
+
+
+def test_gpu_helios_generate_on_cuda_runs_bfloat16_unless_told_otherwise(checkpoints, tmp_path):
+    """A user on a GPU who gives no --dtype gets what the released weights are, bfloat16."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    folder, _ = checkpoints["distilled"]
+    saved = tmp_path / "latents.safetensors"
+    command = [sys.executable, "-c", "import sys; from helios_backends.cli import main; sys.exit(main())", "generate",
+               "--model", str(folder), "--device", "cuda", "--prompt", "a red fox", "--height", str(HEIGHT), "--width", str(WIDTH),
+               "--num-frames", "33", "--seed", "3", "--pyramid-steps", "1", "1", "1", "--output", str(tmp_path / "out.mp4"),
+               "--output-latents", str(saved)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = load_file(saved)["latents"].float()
+    req = request("a red fox", 3)
+    bf16 = latents(Helios.from_pretrained(folder, device="cuda", dtype="bfloat16"), req)
+    fp32 = latents(Helios.from_pretrained(folder, device="cuda", dtype="float32"), req)
+    assert relative_error(got, bf16) * 10 < relative_error(got, fp32), (relative_error(got, bf16), relative_error(got, fp32))
