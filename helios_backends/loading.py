@@ -1,8 +1,9 @@
 """Loading a diffusers-layout Helios folder.
 
-The transformer's safetensors (one file, or shards with their index json) are memory-mapped and
-each tensor is cast and placed on the target device as it is read, into a model built on the
-meta device: at no time do two full copies of the weights exist.
+The transformer is built on the meta device, its parameters are then given their places (the
+device; or, under layer offload, pinned host buffers and device-resident blocks) and each
+checkpoint tensor is copied once, from the memory-mapped safetensors straight into its place,
+cast on the way, on several threads: no host copy of the weights is made first.
 
 `plan_for_folder` validates a request against a folder's json files alone, for engines that
 check requests where no weights are loaded (an HTTP front end, a queue) or before loading them.
@@ -11,6 +12,9 @@ check requests where no weights are loaded (an HTTP front end, a queue) or befor
 from __future__ import annotations
 
 import json
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,13 +27,14 @@ from .backends import device_backend, device_type_of
 from .errors import CheckpointError
 from .ops import default_ops
 from .request import GenerationRequest, Plan, plan
-from .transformer import FP32_MODULES, HeliosTransformer
+from .transformer import FP32_MODULES, HeliosTransformer, checkpoint_parameters
 
 SUPPORTED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "transformer/config.json")
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -99,41 +104,83 @@ def _target_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if any(part in name.split(".") for part in FP32_MODULES) else dtype
 
 
-def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops=None) -> HeliosTransformer:
-    directory = Path(folder) / "transformer"
-    config = TransformerConfig.from_json(directory / "config.json")
-    with torch.device("meta"):
-        model = HeliosTransformer(config, ops or default_ops(device))
-    expected = dict(model.named_parameters())
-    files = weight_files(directory)
+class _MappedWeights:
+    """One safetensors file mapped into memory: each tensor is a view of the page cache, so
+    copying it to its place is the only copy (safetensors' own reader makes a host copy first)."""
 
-    missing = sorted(set(expected) - set(files))
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: reads share the page cache
+        try:
+            size = int.from_bytes(self.map[:8], "little")
+            header = json.loads(self.map[8 : 8 + size])
+        except (ValueError, UnicodeDecodeError):
+            raise CheckpointError(f"{path}: not a safetensors file") from None
+        self.start = 8 + size
+        self.entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+
+    def shape(self, name: str) -> list[int]:
+        return self.entries[name]["shape"]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{self.path.name}: tensor {name} has dtype {entry['dtype']} (accepted: {list(SAFETENSORS_DTYPES)})")
+        begin, end = entry["data_offsets"]
+        if begin == end:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(self.map, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=self.start + begin).view(entry["shape"])
+
+
+def build_transformer(folder: Path, dtype: torch.dtype, ops, fuse: bool) -> HeliosTransformer:
+    """The folder's transformer on the meta device, each parameter in the dtype it will load in
+    (FP32_MODULES stay float32), q/k/v fused when `fuse`. Give its parameters places (to_empty,
+    LayerOffload), then fill_weights."""
+    config = TransformerConfig.from_json(Path(folder) / "transformer" / "config.json")
+    with torch.device("meta"):
+        model = HeliosTransformer(config, ops)
+        for name, param in list(model.named_parameters()):
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            module._parameters[attr] = torch.nn.Parameter(torch.empty(param.shape, dtype=_target_dtype(name, dtype)), requires_grad=False)
+        if fuse:
+            model.fuse_projections()
+    return model.eval()
+
+
+def fill_weights(model: HeliosTransformer, folder: Path) -> None:
+    """Copy each of the folder's transformer tensors into the model's parameter of that name,
+    wherever it lives, casting on the way; names and shapes are checked before anything is read."""
+    directory = Path(folder) / "transformer"
+    targets = checkpoint_parameters(model)
+    files = weight_files(directory)
+    missing = sorted(set(targets) - set(files))
     if missing:
         raise CheckpointError(f"{directory}: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    unexpected = sorted(set(files) - set(expected))
+    unexpected = sorted(set(files) - set(targets))
     if unexpected:
         raise CheckpointError(f"{directory}: unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-
-    by_file: dict[Path, list[str]] = {}
+    mapped = {path: _MappedWeights(path) for path in sorted(set(files.values()))}
     for name, path in files.items():
-        by_file.setdefault(path, []).append(name)
-    for path, names in by_file.items():
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for name in names:
-                param = expected[name]
-                tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != tuple(param.shape):
-                    raise CheckpointError(
-                        f"{path.name}: tensor {name} has shape {list(tensor.shape)}, the config needs {list(param.shape)}"
-                    )
-                value = tensor.to(device=device, dtype=_target_dtype(name, dtype))
-                module_name, _, attr = name.rpartition(".")
-                module = model.get_submodule(module_name)
-                module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
-                del tensor
-    if device.type == "cuda":
-        model.fuse_projections()  # fewer, larger GEMMs; CPU keeps the checkpoint's own layout
-    return model.eval()
+        shape = mapped[path].shape(name)
+        if tuple(shape) != tuple(targets[name].shape):
+            raise CheckpointError(f"{path.name}: tensor {name} has shape {list(shape)}, the config needs {list(targets[name].shape)}")
+
+    def copy(name: str) -> None:
+        targets[name].copy_(mapped[files[name]].tensor(name))
+
+    with torch.no_grad(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(copy, sorted(files)))  # copies release the GIL: page-cache reads and casts overlap
+
+
+def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops=None) -> HeliosTransformer:
+    """The folder's transformer on `device` (q/k/v fused on CUDA; the CPU keeps the checkpoint's layout)."""
+    model = build_transformer(folder, dtype, ops or default_ops(device), fuse=device.type == "cuda")
+    model.to_empty(device=device)
+    fill_weights(model, folder)
+    return model
 
 
 def load_scheduler_config(folder: Path) -> SchedulerConfig:

@@ -37,16 +37,13 @@ from torch import nn
 
 from .config import TransformerConfig
 from .errors import CheckpointError
-from .transformer import HeliosTransformer
+from .transformer import FUSED_PARTS, HeliosTransformer, checkpoint_parameters
 
 UPSTREAM_WEIGHTS = "pytorch_lora_weights.safetensors"
 UPSTREAM_PARTIAL = "transformer_partial.pth"
 METADATA_KEY = "lora_adapter_metadata"
 # Upstream's discriminator heads, saved with the generator's trained modules; inference has none.
 TRAINING_ONLY_PREFIXES = ("gan_heads.", "gan_final_head.")
-# Fused projections (transformer.fuse_projections): unfused name -> (fused name, slice index).
-FUSED = {"to_q": ("to_qkv", 0), "to_k": ("to_qkv", 1), "to_v": ("to_qkv", 2)}
-FUSED_CROSS = {"to_k": ("to_kv", 0), "to_v": ("to_kv", 1)}
 
 
 @dataclass(frozen=True)
@@ -155,20 +152,16 @@ def _scaling(module: str, rank: int, alpha_tensor: torch.Tensor | None, metadata
 
 
 def _parameter_shapes(transformer: nn.Module) -> tuple[dict[str, torch.Size], set[str]]:
-    """(unfused parameter name -> shape, names of the Linear/Conv3d modules a LoRA may target).
+    """(checkpoint parameter name -> shape, names of the Linear/Conv3d modules a LoRA may target).
 
     Names are the checkpoint's: a fused to_qkv / to_kv answers for its to_q, to_k, to_v parts.
     """
-    shapes, modules = {}, set()
+    shapes = {name: tensor.shape for name, tensor in checkpoint_parameters(transformer).items()}
+    modules = set()
     for name, module in transformer.named_modules():
-        parent, _, leaf = name.rpartition(".")
-        parts = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v")}.get(leaf, (leaf,))
-        for attr, param in module.named_parameters(recurse=False):
-            shape = torch.Size((param.shape[0] // len(parts), *param.shape[1:]))
-            for part in parts:
-                shapes[f"{parent}.{part}.{attr}" if parent else f"{part}.{attr}"] = shape if len(parts) > 1 else param.shape
         if isinstance(module, (nn.Linear, nn.Conv3d)):
-            modules.update(f"{parent}.{part}" if parent else part for part in parts)
+            parent, _, leaf = name.rpartition(".")
+            modules.update(f"{parent}.{part}" if parent else part for part in FUSED_PARTS.get(leaf, (leaf,)))
     return shapes, modules
 
 
@@ -236,21 +229,6 @@ def check_adapter(path: str | Path, config: TransformerConfig) -> None:
     read_adapter(path, transformer)
 
 
-def _locate(transformer: nn.Module, param: str) -> tuple[torch.Tensor, slice]:
-    """The tensor that holds an unfused parameter, and its rows there (fused QKV / KV slices)."""
-    module_name, _, attr = param.rpartition(".")
-    parent, _, leaf = module_name.rpartition(".")
-    owner = transformer.get_submodule(parent) if parent else transformer
-    for fused_map, fused_leaf in ((FUSED, "to_qkv"), (FUSED_CROSS, "to_kv")):
-        if leaf in fused_map and hasattr(owner, fused_leaf):
-            fused = getattr(getattr(owner, fused_leaf), attr)
-            _, index = fused_map[leaf]
-            rows = fused.shape[0] // len(fused_map)
-            return fused, slice(index * rows, (index + 1) * rows)
-    tensor = getattr(transformer.get_submodule(module_name), attr) if module_name else getattr(transformer, attr)
-    return tensor, slice(0, tensor.shape[0])
-
-
 class LoraSet:
     """The adapters merged into one transformer; `apply` switches them, restoring untouched weights."""
 
@@ -281,14 +259,14 @@ class LoraSet:
                 if update.bias is not None:
                     targets.setdefault(f"{module}.bias", None)
         self._adapters.update(loaded)
+        held = checkpoint_parameters(self.transformer)
         with torch.no_grad():
             for param in sorted(set(self._base) - set(targets)):
-                tensor, rows = _locate(self.transformer, param)
-                tensor[rows].copy_(self._base.pop(param))
+                held[param].copy_(self._base.pop(param))
             for param, replacement in targets.items():
-                tensor, rows = _locate(self.transformer, param)
+                tensor = held[param]
                 if param not in self._base:
-                    self._base[param] = tensor[rows].detach().to("cpu", copy=True)
+                    self._base[param] = tensor.detach().to("cpu", copy=True)
                 value = (self._base[param] if replacement is None else replacement).to(tensor.device, torch.float32, copy=True)
                 module, _, attr = param.rpartition(".")
                 for path, scale in wanted:
@@ -299,5 +277,5 @@ class LoraSet:
                         value += scale * update.weight_delta().view(value.shape).to(value.device)
                     elif update.bias is not None:
                         value += (scale * update.scaling) * update.bias.to(value.device)
-                tensor[rows].copy_(value.to(tensor.dtype))
+                tensor.copy_(value.to(tensor.dtype))
         self.active = tuple(wanted)

@@ -59,9 +59,14 @@ def _point(block: nn.Module, layout: _Layout, tensors: list[torch.Tensor]) -> No
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
 
 
+def _on_meta(block: nn.Module) -> bool:
+    return any(p.is_meta for p in block.parameters())
+
+
 class LayerOffload:
     """Streams a ModuleList of identical blocks through `slots` device copies; the first
-    `resident` blocks stay on the device."""
+    `resident` blocks stay on the device. Blocks on the meta device get their places (pinned
+    buffers, device memory) and no values: the loader fills them (loading.fill_weights)."""
 
     def __init__(self, blocks: nn.ModuleList, device: torch.device, slots: int = 2, resident: int = 0):
         if resident < 0 or resident >= len(blocks):
@@ -75,7 +80,10 @@ class LayerOffload:
         self.streamed = list(range(resident, len(blocks)))
         self.position = {index: n for n, index in enumerate(self.streamed)}  # a block's place in the streaming order
         for index in self.pinned:
-            blocks[index].to(self.device)
+            if _on_meta(blocks[index]):
+                blocks[index].to_empty(device=self.device)
+            else:
+                blocks[index].to(self.device)
         self.layout = _layout(blocks[self.streamed[0]])
         if any(_layout(blocks[i]).shapes != self.layout.shapes for i in self.streamed):
             raise ValueError("layer offload needs blocks of identical shapes")
@@ -84,8 +92,9 @@ class LayerOffload:
         for index in self.streamed:
             block = blocks[index]
             flat = torch.empty(self.layout.nbytes, dtype=torch.uint8, pin_memory=pin)
-            for view, p in zip(_views(flat, self.layout), (p for _, p in block.named_parameters())):
-                view.copy_(p.detach())
+            if not _on_meta(block):
+                for view, p in zip(_views(flat, self.layout), (p for _, p in block.named_parameters())):
+                    view.copy_(p.detach())
             _point(block, self.layout, _views(flat, self.layout))
             self.host[index] = flat
         self.slots: list[torch.Tensor | None] = [None] * slots  # allocated on first use, freed by release()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .config import PipelineConfig, SchedulerConfig
-from .loading import check_folder, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
+from .loading import build_transformer, check_folder, fill_weights, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .fp8 import check_quantization, fp8_quantized, quantize_blocks
 from .lora import LoraSet
@@ -110,16 +110,24 @@ class Helios:
         if parallel is not None and parallel.sp is not None:
             ops = SequenceParallelOps(ops, parallel)
         layers = None
-        if offload == "layer":
-            # Load on the host, keep everything but the blocks on the device, stream the blocks.
+        if offload == "layer" and quantization == "fp8":
+            # Quantize on the host: the e4m3 blocks are what streams (LayerOffload copies them into pinned buffers).
             transformer = load_transformer(folder, dtype, torch.device("cpu"), ops)
             transformer.fuse_projections()
-            if quantization == "fp8":
-                quantize_blocks(transformer.blocks, ops)  # on the host: the e4m3 blocks are what streams
+            quantize_blocks(transformer.blocks, ops)
             for name, module in transformer.named_children():
                 if name != "blocks":
                     module.to(device)
             layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
+        elif offload == "layer":
+            # Everything but the blocks on the device, the streamed blocks in pinned host buffers,
+            # then each weight copied once from the file into its place.
+            transformer = build_transformer(folder, dtype, ops, fuse=True)
+            for name, module in transformer.named_children():
+                if name != "blocks":
+                    module.to_empty(device=device)
+            layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
+            fill_weights(transformer, folder)
         else:
             transformer = load_transformer(folder, dtype, device, ops)
             if quantization == "fp8":

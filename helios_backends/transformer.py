@@ -147,6 +147,26 @@ class MLP2(nn.Module):
         return self.linear_2(x)
 
 
+# fuse_projections' fused layers and the checkpoint's layers they hold, in row order.
+FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v")}
+
+
+def checkpoint_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters under the checkpoint's names. After fuse_projections, to_q / to_k /
+    to_v are views of their rows in to_qkv / to_kv, so writing one writes the fused layer."""
+    named = {}
+    for name, param in model.named_parameters():
+        module_name, _, attr = name.rpartition(".")
+        parent, _, leaf = module_name.rpartition(".")
+        parts = FUSED_PARTS.get(leaf)
+        if parts is None:
+            named[name] = param
+            continue
+        for part, rows in zip(parts, param.chunk(len(parts))):
+            named[f"{parent}.{part}.{attr}" if parent else f"{part}.{attr}"] = rows
+    return named
+
+
 class ConditionEmbedder(nn.Module):
     def __init__(self, dim: int, freq_dim: int, text_dim: int):
         super().__init__()
