@@ -123,7 +123,6 @@ def run_folder(folder: str, device, mode: str, slots: int, resident: int, probe:
 
 
 def one(config: str, frames: int, out: Path, folder: str | None = None) -> dict:
-    torch.backends.cudnn.benchmark = True
     device = torch.device("cuda")
     impl, mode, *rest = config.split(":")
     t = time.perf_counter()

@@ -198,7 +198,7 @@ class Helios:
         """Compile and capture, before a server takes its first request, what a request at the
         variant's default size and guidance needs: the Triton kernels, the CUDA graphs of every
         pyramid stage (with CFG where the default guidance uses it), the VAE's decode of a first
-        and a following chunk with its cuDNN autotuning. Two chunks are generated and dropped.
+        and a following chunk. Two chunks are generated and dropped.
         Off CUDA nothing is compiled or captured, so there is nothing to warm."""
         if self.device.type != "cuda":
             return

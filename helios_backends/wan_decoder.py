@@ -135,12 +135,14 @@ class WanChunkDecoder:
     `channels_last` runs the activations in channels_last_3d (call `to_channels_last` on the
     model too, or cuDNN transposes the weights on every call). `frames_per_pass` latent frames
     go through the tail (the layers after the first temporal upsampling) together (None: the
-    whole chunk). `autotune`: cuDNN times its conv algorithms on each new shape (the first
-    decode of a shape then holds the candidates' workspaces, up to the device's free memory).
+    whole chunk). `autotune`: cuDNN times every candidate conv algorithm on each new shape
+    instead of taking its heuristic's pick. Off by default: while timing, each candidate holds
+    its workspace, up to all the device's free memory, so a process's first decode would
+    briefly claim most of the GPU (bench/RESULTS.md has the figures).
     """
 
     def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_pass: int | None = None,
-                 autotune: bool = True):
+                 autotune: bool = False):
         cfg = model.config
         if cfg.is_residual or cfg.patch_size is not None:
             raise NotImplementedError("only the Wan-2.1 VAE decoder (is_residual=False, no patch_size) is supported")
