@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the transformer's and text encoder's dtype (default: bfloat16 on a GPU or NPU, float32 on the CPU)")
     g.add_argument("--quantization", choices=["fp8"],
                    help="fp8: the transformer blocks' linear layers on FP8 tensor cores (a GPU with compute capability 8.9+, --dtype bfloat16)")
-    g.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="the VAE decoder's precision: bfloat16 is faster and lighter, its frames differ slightly (README)")
+    g.add_argument("--vae-dtype", choices=["float32", "bfloat16"],
+                   help="the VAE decoder's precision (default: bfloat16 with --offload layer, float32 otherwise); bfloat16 is "
+                        "faster and lighter, its frames differ slightly (README)")
     g.add_argument("--output", default="output.mp4")
     g.add_argument("--output-latents", help="also save every latent frame to this .safetensors file")
     return parser
@@ -188,6 +189,12 @@ def default_dtype(device) -> str:
     return "float32" if device.type == "cpu" else "bfloat16"
 
 
+def default_vae_dtype(offload: str) -> str:
+    """float32, the loaders' default, except under layer offload: the fp32 decode's activations
+    alone would take an 8 GB card past its memory (bench/RESULTS.md, the eighth session)."""
+    return "bfloat16" if offload == "layer" else "float32"
+
+
 def generate(args) -> None:
     from .fp8 import check_quantization
     from .loading import plan_for_folder, read_configs, resolve_device, resolve_dtype
@@ -239,7 +246,8 @@ def generate(args) -> None:
         raise CliError(f"--offload-resident-blocks: must be between 0 and {layers - args.offload_slots} (the model's {layers} blocks "
                        f"less --offload-slots {args.offload_slots}), got {args.offload_resident_blocks}")
     memory = Memory(offload=args.offload, offload_slots=args.offload_slots, offload_resident=args.offload_resident_blocks,
-                    vae_frames_per_call=args.vae_frames_per_call or None, loras=lora_specs(args.lora), vae_dtype=args.vae_dtype,
+                    vae_frames_per_call=args.vae_frames_per_call or None, loras=lora_specs(args.lora),
+                    vae_dtype=args.vae_dtype or default_vae_dtype(args.offload),
                     quantization=args.quantization)
     if args.prompts_from == "-" and parallel.world_size > 1:
         raise CliError("--prompts-from: '-' (stdin) reaches one rank only under torchrun; give a file every rank reads")

@@ -258,3 +258,13 @@ def test_the_default_dtype_is_bfloat16_on_an_accelerator_and_float32_on_the_cpu(
 
     assert default_dtype(torch.device("cuda")) == "bfloat16"  # torch_npu registers "npu" as a non-CPU type too
     assert default_dtype(torch.device("cpu")) == "float32"
+
+
+def test_layer_offload_decodes_in_bfloat16_unless_told_otherwise():
+    """`--offload layer` is the 8 GB profile: an fp32 decode's activations would not fit beside it."""
+    from helios_backends.cli import build_parser, default_vae_dtype
+
+    assert default_vae_dtype("layer") == "bfloat16"
+    assert default_vae_dtype("model") == default_vae_dtype("none") == "float32"
+    args = build_parser().parse_args(["generate", "--prompt", "a fox", "--offload", "layer", "--vae-dtype", "float32"])
+    assert args.vae_dtype == "float32"  # an explicit choice is kept

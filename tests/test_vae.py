@@ -128,3 +128,24 @@ def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys)
              "ours, tail 1 latent frame per pass, channels_last_3d"]
     assert all(results[n] > 0 and results[f"{n} diff"] <= 1e-5 for n in names)
     assert capsys.readouterr().out.count("VAE decode 3 latent frames -> 9 frames 32x64 float32") == len(names)
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_the_decoder_takes_cudnns_heuristic_unless_asked_to_autotune_and_restores_the_process_setting(autotune):
+    """Autotuning times every candidate conv algorithm, each holding its workspace (tens of GiB
+    for the fp32 decoder's first decode on an H200), so it is the caller's choice, not the default."""
+    vae = tiny_vae()
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.benchmark))
+             for m in vae.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    decoder = WanChunkDecoder(vae) if not autotune else WanChunkDecoder(vae, autotune=True)
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not autotune  # the process's own setting, which the decode must not leak into
+    try:
+        decoder(latents(2))
+        assert torch.backends.cudnn.benchmark is (not autotune)
+    finally:
+        torch.backends.cudnn.benchmark = before
+        for hook in hooks:
+            hook.remove()
+    assert seen and set(seen) == {autotune}
