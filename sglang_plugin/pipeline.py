@@ -5,14 +5,16 @@ folder; two stages then run the request on SGLang's request object:
 
     HeliosPlanStage      Req -> GenerationRequest -> Plan   (bad fields fail the request, named)
     HeliosSessionStage   one core Session: text and I2V/V2V conditioning encoded, every chunk
-                         denoised (progress reported per step) and decoded -> uint8 frames SGLang
-                         writes as the mp4; the request's hold on the device released at its end
+                         denoised (progress reported per step) and decoded, each chunk encoded into
+                         the mp4 while the next is generated (helios_sglang.streamed_mp4); the
+                         request's hold on the device released at its end
 
 A realtime websocket's chunk requests (`batch.session` set) skip the plan and run one chunk of
 the websocket's own core session (helios_sglang.realtime).
 
-The frames are handed over as uint8 arrays, which SGLang's writer takes as they are, so the
-served video holds exactly the core's frames.
+The served mp4 is SGLang's own encoding of the core's uint8 frames: written by its streamed
+encoder during the session where SGLang allows a stage to (CUDA, a saved single video), else
+from the frames handed over as uint8 arrays, which its writer takes as they are.
 
 The pipeline is a `LoRAPipeline`, the class SGLang's worker asks for its LoRA routes
 (/v1/set_lora, /v1/merge_lora_weights, /v1/unmerge_lora_weights, /v1/list_loras) and whose start-up applies
@@ -45,6 +47,7 @@ from .offload import core_offload
 from .parallel import worker_parallel_groups
 from .realtime import run_realtime_chunk
 from .request_mapping import core_generator, explicit_fields_of, to_generation_request
+from .streamed_mp4 import StreamedMp4
 
 
 logger = init_logger(__name__)
@@ -71,6 +74,7 @@ class HeliosSessionStage(_HeliosStage):
             return run_realtime_chunk(self.helios, batch)
         plan = batch.helios_plan
         session = self.helios.session(plan, generator=core_generator(batch.sampling_params, plan), keep="frames")
+        mp4 = StreamedMp4.open(batch, server_args, plan.batch_size, self.helios.device)
         try:
             with self.progress_bar(total=session.total_steps, batch=batch) as progress:
 
@@ -79,12 +83,22 @@ class HeliosSessionStage(_HeliosStage):
                     check_not_deleted(batch.request_id)  # a DELETE stops the job before its next step
 
                 check_not_deleted(batch.request_id)
-                session.run(on_step=on_step)
+                for chunk in session.chunks(on_step=on_step):
+                    if mp4 is not None:
+                        mp4.write(chunk.frames)  # encoded while the next chunk is generated
+        except BaseException:
+            if mp4 is not None:
+                mp4.abort()
+            raise
         finally:
             session.close()
             forget_deleted(batch.request_id)
             logger.info("Helios core: request released; offloaded blocks on the device: %s", self.helios.resident_blocks)
         del batch.helios_plan
+        written = mp4.finish() if mp4 is not None else None
+        if written is not None:
+            logger.info("Helios core: mp4 encoded chunk by chunk during the session: %s", written[0])
+            return OutputBatch(output_file_paths=written, metrics=batch.metrics)
         frames = session.video()
         return OutputBatch(output=[np.ascontiguousarray(v) for v in frames.numpy()], metrics=batch.metrics)
 
