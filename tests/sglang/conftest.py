@@ -39,8 +39,12 @@ START_TIMEOUT_S = 420
 JOB_TIMEOUT_S = 300
 
 
-def engine_env() -> dict[str, str]:
-    return {**os.environ, **ENGINE_ENV}
+def engine_env(platform: str = "cpu") -> dict[str, str]:
+    """The engine processes' environment; platform "cuda" lets SGLang pick its GPU platform."""
+    env = {**os.environ, **ENGINE_ENV}
+    if platform == "cuda":
+        del env["SGLANG_DIFFUSION_PLATFORM_OVERRIDE"]
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +61,9 @@ def fp32_config(tmp_path_factory) -> Path:
     return path
 
 
-def core_frames(folder: Path, request) -> np.ndarray:
+def core_frames(folder: Path, request, device: str = "cpu") -> np.ndarray:
     """(T, H, W, 3) uint8: the core's own frames for `request`, batch element 0."""
-    helios = Helios.from_pretrained(folder)
+    helios = Helios.from_pretrained(folder, device=device)
     return torch.cat([chunk.frames for chunk in helios.stream(request)], dim=1)[0].numpy()
 
 
@@ -114,14 +118,14 @@ class Server:
         self.process.stop(grace=60)
 
 
-def start_server(folder: Path, config: Path, workdir: Path, *extra: str) -> Server:
+def start_server(folder: Path, config: Path, workdir: Path, *extra: str, platform: str = "cpu") -> Server:
     port = free_port()
     command = [
         SGLANG, "serve", "--model-path", str(folder), "--pipeline-config-path", str(config),
         "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off",
         "--output-path", str(workdir / "outputs"), *extra,
     ]
-    process = Launched(command, workdir / "server.log", env=engine_env(), cwd=workdir, sample_memory=False)
+    process = Launched(command, workdir / "server.log", env=engine_env(platform), cwd=workdir, sample_memory=False)
     http = Http(f"http://127.0.0.1:{port}", timeout=120)
     wait_ready(process, http, timeout=START_TIMEOUT_S)
     return Server(process, http, workdir)
