@@ -61,9 +61,9 @@ def fp32_config(tmp_path_factory) -> Path:
     return path
 
 
-def core_frames(folder: Path, request, device: str = "cpu") -> np.ndarray:
+def core_frames(folder: Path, request) -> np.ndarray:
     """(T, H, W, 3) uint8: the core's own frames for `request`, batch element 0."""
-    helios = Helios.from_pretrained(folder, device=device)
+    helios = Helios.from_pretrained(folder)
     return torch.cat([chunk.frames for chunk in helios.stream(request)], dim=1)[0].numpy()
 
 
