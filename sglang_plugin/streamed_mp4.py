@@ -6,7 +6,7 @@ decoding stage does that with `EncodeWhileDecoding`, fed as the VAE finishes fra
 stage feeds the same encoder each chunk as the core's session hands it out. The file is SGLang's
 in every respect: its pinned ffmpeg, its crf (output_compression) and preset (x264_preset), the
 request's fps, at the path it would save to, so the bytes equal those of its after-the-fact save
-(tests/sglang/test_streamed_mp4.py). The core's Mp4Writer cannot stand in: its PyAV x264 is
+(tests/sglang/gpu/test_gpu_streamed_mp4.py). The core's Mp4Writer cannot stand in: its PyAV x264 is
 another build with other settings, so the served frames would change.
 
 SGLang decides when a stage may write the file (`streamed_video_output_path`: a saved single

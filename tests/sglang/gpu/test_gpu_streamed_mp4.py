@@ -1,6 +1,11 @@
 """On CUDA the served mp4 is encoded chunk by chunk during the session, into the bytes SGLang's
 own save of the same frames writes (helios_sglang.streamed_mp4). SGLang streams only on CUDA:
-on its CPU platform, as in the rest of this suite, the frames are handed over and it saves them.
+on its CPU platform, as in the rest of the suite, the frames are handed over and it saves them.
+
+GPU-only, so outside the CPU suite (scripts/test sglang leaves tests/sglang/gpu out); run on the
+H200 in the SGLang bundle's site that `bench/engines-gpu sglang` unpacks:
+
+    PYTHONPATH=/tmp/helios-sglang-site python3 -m pytest tests/sglang/gpu
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import HEIGHT, WIDTH, as_served, start_server
+from ..conftest import HEIGHT, WIDTH, as_served, start_server
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="SGLang encodes while generating on CUDA only")
+if not torch.cuda.is_available():
+    pytest.fail("tests/sglang/gpu needs a CUDA device (CI runs the CPU suites only)", pytrace=False)
 
 FPS = 24
 
