@@ -121,6 +121,8 @@ class _MappedWeights:
         self.entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
 
     def shape(self, name: str) -> list[int]:
+        if name not in self.entries:
+            raise CheckpointError(f"{self.path.name}: no tensor {name}, which the index places in it")
         return self.entries[name]["shape"]
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -169,9 +171,10 @@ def fill_weights(model: HeliosTransformer, folder: Path) -> None:
             raise CheckpointError(f"{path.name}: tensor {name} has shape {list(shape)}, the config needs {list(targets[name].shape)}")
 
     def copy(name: str) -> None:
-        targets[name].copy_(mapped[files[name]].tensor(name))
+        with torch.no_grad():  # grad mode is per thread
+            targets[name].copy_(mapped[files[name]].tensor(name))
 
-    with torch.no_grad(), ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(copy, sorted(files)))  # copies release the GIL: page-cache reads and casts overlap
 
 

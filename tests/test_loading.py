@@ -100,6 +100,28 @@ def test_misshaped_tensor_is_named_with_both_shapes(folder):
         load_transformer(folder, torch.float32, torch.device("cpu"))
 
 
+def test_a_tensor_the_index_places_in_a_shard_that_lacks_it_is_named(folder):
+    name = "proj_out.weight"
+    rewrite_shard(shard_of(folder, name), lambda t: t.pop(name))
+    with pytest.raises(CheckpointError, match=rf"no tensor {name}, which the index places in it"):
+        load_transformer(folder, torch.float32, torch.device("cpu"))
+
+
+def test_the_fused_cuda_layout_loads_the_checkpoints_q_k_v_into_its_rows(checkpoints):
+    """On CUDA q/k/v are fused before the weights arrive: each lands in its rows of to_qkv / to_kv."""
+    from helios_backends.loading import build_transformer, fill_weights
+    from helios_backends.ops import TorchOps
+
+    folder, pipe = checkpoints["mid"]
+    model = build_transformer(folder, torch.float32, TorchOps(), fuse=True)
+    model.to_empty(device=torch.device("cpu"))
+    fill_weights(model, folder)
+    ref = pipe.transformer.state_dict()
+    attn1, attn2 = model.blocks[1].attn1, model.blocks[1].attn2
+    assert torch.equal(attn1.to_qkv.weight, torch.cat([ref[f"blocks.1.attn1.to_{p}.weight"] for p in "qkv"]))
+    assert torch.equal(attn2.to_kv.bias, torch.cat([ref[f"blocks.1.attn2.to_{p}.bias"] for p in "kv"]))
+
+
 def test_missing_shard_is_named(folder):
     shard = shard_of(folder, "proj_out.weight")
     shard.unlink()
