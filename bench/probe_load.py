@@ -1,6 +1,7 @@
 """Where `--offload layer` spends its load time, step by step on one folder (page-cached first).
 
     python bench/probe_load.py /tmp/h14
+    python bench/probe_load.py FOLDER --device cpu     # smoke test: no pinned memory without CUDA
 
 Steps: the page-cache read; the transformer placed as layer offload places it (blocks in pinned
 host buffers, the rest on the GPU) and filled from the mapped files (what from_pretrained does);
@@ -36,8 +37,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("folder")
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    folder, device = Path(args.folder), torch.device("cuda")
+    folder, device = Path(args.folder), torch.device(args.device)
     for path in sorted((folder / "transformer").glob("*.safetensors")):
         timed(f"page-cache read of {path.name}", path.read_bytes)
     model = build_transformer(folder, torch.bfloat16, default_ops(device), fuse=True)
@@ -50,8 +52,10 @@ def main():
     n = len(model.blocks)
     print(f"{n} blocks of {layout.nbytes / 2**20:.0f} MiB", flush=True)
     del layers, model
-    torch._C._host_emptyCache()
     timed("load_transformer on the CPU (pageable host tensors)", lambda: load_transformer(folder, torch.bfloat16, torch.device("cpu")))
+    if device.type != "cuda":
+        return
+    torch._C._host_emptyCache()
     pinned = timed("pinned buffers alone, one thread", lambda: [torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(n)])
     del pinned
     torch._C._host_emptyCache()  # the caching host allocator would hand the same pages back
