@@ -108,16 +108,6 @@ def test_the_full_resolution_tail_in_frame_groups_continues_the_video_exactly(fr
     assert_close(torch.cat(parts, 2), diffusers_decode(vae, z))
 
 
-def test_the_decode_autotunes_cudnn_and_leaves_the_process_setting_as_it_was(monkeypatch):
-    seen = []
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    decoder = WanChunkDecoder(tiny_vae())
-    conv = decoder._conv
-    decoder._conv = lambda *args, **kwargs: (seen.append(torch.backends.cudnn.benchmark), conv(*args, **kwargs))[1]
-    decoder(latents(2))
-    assert seen and all(seen) and torch.backends.cudnn.benchmark is False
-
-
 def test_the_gpu_probe_times_and_compares_the_decoders_on_a_tiny_cpu_vae(capsys):
     spec = importlib.util.spec_from_file_location("probe_gpu", Path(__file__).resolve().parents[1] / "bench" / "probe_gpu.py")
     probe = importlib.util.module_from_spec(spec)
