@@ -202,6 +202,8 @@ KNOWN_CAUSES = {
     "No forward implementation for platform": "vLLM-Omni's own attention layers dispatch only on cuda/hip/npu/xpu/musa, so its "
                                               "Helios cannot run on a CPU platform (ours serves only our core); not tried on a GPU here",
 }
+OFFLOAD_LINE = re.compile(r"Helios core: offload=\S+.*")
+RELEASED_LINE = re.compile(r"Helios core: request released; offloaded blocks on the device: (\[.*?\])")
 ERROR_LINE = re.compile(r"\b([A-Za-z_.]*(?:Error|Exception)): (.+)")
 
 
@@ -255,6 +257,9 @@ class Bench:
 
     def run(self, backend: str) -> Row:
         row = Row(backend)
+        if backend == "diffusers" and self.args.offload != "none":
+            row.status, row.reason = "unavailable", "--offload: this bench runs diffusers resident (bench/bench_offload.py has its group offloading)"
+            return row
         try:
             env = self.envs.get(ENV_OF[backend])
         except RuntimeError as exc:
@@ -327,7 +332,8 @@ class Bench:
             row.equal_note = f"bf16, judged close at PSNR >= 30 dB: raw frames vs core's raw frames: {describe(diff)}"
 
     def write_spec(self, path: Path) -> None:
-        spec = dict(model=str(self.folder), device=self.args.device, dtype=self.args.dtype, warmup=self.args.warmup,
+        spec = dict(model=str(self.folder), device=self.args.device, dtype=self.args.dtype, vae_dtype=self.args.vae_dtype,
+                    offload=self.args.offload, warmup=self.args.warmup,
                     repeats=self.args.repeats, fps=FPS_OUT, request=self.request, image=self.args.image, video=self.args.video)
         path.write_text(json.dumps(spec, indent=2))
 
@@ -355,6 +361,10 @@ class Bench:
         host = ["--host", "127.0.0.1", "--port", str(port)]
         if backend.startswith("vllm"):
             command = [str(env / "bin" / "vllm"), "serve", str(self.folder), "--omni", *host, "--dtype", self.args.dtype]
+            if self.args.vae_dtype != "float32":
+                command += ["--additional-config", json.dumps({"helios": {"vae_dtype": self.args.vae_dtype}})]
+            if self.args.offload == "layer":
+                command.append("--enable-layerwise-offload")
             if cpu:
                 command.append("--enforce-eager")  # no CUDA graphs / compilation on CPU
             if backend == "vllm-plugin-stream":
@@ -366,9 +376,11 @@ class Bench:
             return command, environ
         native = backend == "sglang-native"
         precision = "fp32" if self.args.dtype == "float32" else "bf16"
-        config = {"dit_precision": precision, "vae_precision": "fp32"}
+        config = {"dit_precision": precision, "vae_precision": {"float32": "fp32", "bfloat16": "bf16"}[self.args.vae_dtype]}
         command = [str(env / "bin" / "sglang"), "serve", "--model-path", str(self.folder), *host, "--warmup-mode", "off",
                    "--output-path", str(out / "outputs")]
+        if self.args.offload == "layer":
+            command += ["--dit-layerwise-offload", "true"]
         if cpu:
             environ.update(SGLANG_DIFFUSION_PLATFORM_OVERRIDE="cpu")
         environ.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
@@ -465,6 +477,12 @@ class Bench:
                 row.status = "failed"
                 row.reason = f"the log shows {'our plugin' if ours else 'another pipeline'} serving, not the {backend} pipeline"
                 return
+        ran = OFFLOAD_LINE.search(log)  # what the engine's resolved settings gave the core (SGLang may offload by itself)
+        if ran:
+            row.notes.append(f"the plugin's log: {ran.group(0).strip()}")
+        released = RELEASED_LINE.findall(log)
+        if released:
+            row.notes.append(f"after each of {len(released)} requests the offloaded blocks left on the device: {sorted(set(released))}")
         if timings[-1].get("engine_peak_memory_mb"):
             row.notes.append(f"the engine's own peak memory figure: {timings[-1]['engine_peak_memory_mb']:.0f} MB")
         if self.args.warmup:
@@ -639,6 +657,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, help="run every backend with this pyramid gamma (CPU + diffusers: 0.3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="transformer dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--vae-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="VAE dtype, through each backend's own setting (SGLang vae_precision, vLLM-Omni "
+                             "--additional-config helios.vae_dtype, diffusers' VAE dtype)")
+    parser.add_argument("--offload", choices=["none", "layer"], default="none",
+                        help="layer: blocks streamed from host memory, through each engine's own flag (SGLang "
+                             "--dit-layerwise-offload, vLLM-Omni --enable-layerwise-offload); diffusers has no row for it")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests first (the first one is reported as cold)")
     parser.add_argument("--repeats", type=int, default=3, choices=range(1, 101), metavar="N", help="timed requests; the table has their medians")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for a start-up or a request")
@@ -670,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = request.get("pyramid_steps") or [request.get("num_inference_steps")]
     title = (f"Helios {facts['variant']} {request['task']} {request['width']}x{request['height']}, {request['num_frames']} frames "
              f"({facts['output_frames']} out, {facts['chunks']} chunks), steps {steps}, seed {request['seed']}, "
-             f"{args.device} {args.dtype}, gamma {facts['gamma']:.4g}")
+             f"{args.device} {args.dtype}, VAE {args.vae_dtype}, offload {args.offload}, gamma {facts['gamma']:.4g}")
 
     def report(rows: list) -> str:
         """compare.md and compare.json for the rows so far: written after every backend, so a run

@@ -51,7 +51,8 @@ def load_core(spec: dict):
     from helios_backends.pipeline import Helios
     from helios_backends.request import GenerationRequest
 
-    helios = Helios.from_pretrained(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    helios = Helios.from_pretrained(spec["model"], device=spec["device"], dtype=spec["dtype"],
+                                    vae_dtype=spec.get("vae_dtype", "float32"), offload=spec.get("offload", "none"))
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec["request"].items()}
     return helios, GenerationRequest(**fields, **_inputs(spec))
 
@@ -108,8 +109,9 @@ def run_diffusers(spec: dict, out: Path, result: dict) -> None:
 
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    # Our core keeps the VAE in fp32 at any transformer dtype; so does diffusers' run here.
-    torch_dtype = torch.float32 if dtype == torch.float32 else {"transformer": dtype, "text_encoder": dtype, "default": torch.float32}
+    # The VAE in the spec's dtype (the core's default fp32, at any transformer dtype), as the core's.
+    vae_dtype = getattr(torch, spec.get("vae_dtype", "float32"))
+    torch_dtype = {"transformer": dtype, "text_encoder": dtype, "default": vae_dtype}
     pipe = DiffusionPipeline.from_pretrained(spec["model"], torch_dtype=torch_dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     result["ready"] = time.time()

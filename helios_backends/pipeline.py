@@ -110,24 +110,22 @@ class Helios:
         if parallel is not None and parallel.sp is not None:
             ops = SequenceParallelOps(ops, parallel)
         layers = None
-        if offload == "layer" and quantization == "fp8":
-            # Quantize on the host: the e4m3 blocks are what streams (LayerOffload copies them into pinned buffers).
-            transformer = load_transformer(folder, dtype, torch.device("cpu"), ops)
-            transformer.fuse_projections()
-            quantize_blocks(transformer.blocks, ops)
-            for name, module in transformer.named_children():
-                if name != "blocks":
-                    module.to(device)
-            layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
-        elif offload == "layer":
+        if offload == "layer":
             # Everything but the blocks on the device, the streamed blocks in pinned host buffers,
-            # then each weight copied once from the file into its place.
+            # then each weight copied once from the file into its place. FP8 quantizes on the host
+            # first: the e4m3 blocks are what streams, so LayerOffload takes them once quantized.
             transformer = build_transformer(folder, dtype, ops, fuse=True)
             for name, module in transformer.named_children():
                 if name != "blocks":
                     module.to_empty(device=device)
-            layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
-            fill_weights(transformer, folder)
+            if quantization == "fp8":
+                transformer.blocks.to_empty(device=torch.device("cpu"))
+                fill_weights(transformer, folder)
+                quantize_blocks(transformer.blocks, ops)
+                layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
+            else:
+                layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
+                fill_weights(transformer, folder)
         else:
             transformer = load_transformer(folder, dtype, device, ops)
             if quantization == "fp8":

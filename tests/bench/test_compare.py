@@ -78,3 +78,37 @@ def test_a_backend_that_cannot_run_says_why_in_the_table_and_the_chart(tmp_path)
     compare.chart(rows, tmp_path / "c.png", "t")
     with Image.open(tmp_path / "c.png") as image:
         assert image.format == "PNG"
+
+
+def test_vae_dtype_and_layer_offload_reach_each_engine_through_its_own_flags(tmp_path):
+    """--vae-dtype and --offload are what every row runs with: the core's spec, SGLang's pipeline config and
+    flag, vLLM-Omni's flags; diffusers, which this bench runs resident only, is refused rather than run resident."""
+    import argparse
+
+    compare = load_compare()
+    args = argparse.Namespace(device="cuda", dtype="bfloat16", vae_dtype="bfloat16", offload="layer", env={}, warmup=1,
+                              repeats=1, image=None, video=None)
+    bench = compare.Bench(args, tmp_path / "model", {"task": "t2v"}, {"gamma": 1 / 3}, tmp_path)
+    env = tmp_path / "env"
+
+    sglang, _ = bench.engine_command("sglang-plugin", env, 1234, tmp_path)
+    assert sglang[sglang.index("--dit-layerwise-offload") + 1] == "true"
+    config = json.loads(Path(sglang[sglang.index("--pipeline-config-path") + 1]).read_text())
+    assert config == {"dit_precision": "bf16", "vae_precision": "bf16"}
+
+    vllm, _ = bench.engine_command("vllm-plugin", env, 1234, tmp_path)
+    assert "--enable-layerwise-offload" in vllm
+    assert json.loads(vllm[vllm.index("--additional-config") + 1]) == {"helios": {"vae_dtype": "bfloat16"}}
+
+    bench.write_spec(tmp_path / "spec.json")
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert (spec["vae_dtype"], spec["offload"]) == ("bfloat16", "layer")
+
+    row = bench.run("diffusers")
+    assert row.status == "unavailable" and "--offload" in row.reason
+
+    args.vae_dtype, args.offload = "float32", "none"
+    sglang, _ = bench.engine_command("sglang-plugin", env, 1234, tmp_path)
+    vllm, _ = bench.engine_command("vllm-plugin", env, 1234, tmp_path)
+    assert "--dit-layerwise-offload" not in sglang and "--enable-layerwise-offload" not in vllm and "--additional-config" not in vllm
+    assert json.loads((tmp_path / "pipeline_config.json").read_text())["vae_precision"] == "fp32"
