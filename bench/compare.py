@@ -331,9 +331,9 @@ class Bench:
             row.equal = "close" if diff.get("psnr", 0) >= 30 else "no"
             row.equal_note = f"bf16, judged close at PSNR >= 30 dB: raw frames vs core's raw frames: {describe(diff)}"
 
-    def write_spec(self, path: Path) -> None:
+    def write_spec(self, path: Path, offload: str | None = None) -> None:
         spec = dict(model=str(self.folder), device=self.args.device, dtype=self.args.dtype, vae_dtype=self.args.vae_dtype,
-                    offload=self.args.offload, warmup=self.args.warmup,
+                    offload=offload or self.args.offload, warmup=self.args.warmup,
                     repeats=self.args.repeats, fps=FPS_OUT, request=self.request, image=self.args.image, video=self.args.video)
         path.write_text(json.dumps(spec, indent=2))
 
@@ -516,7 +516,7 @@ class Bench:
         if engine not in self.references:
             out = self.work / f"core-in-{engine}-env"
             out.mkdir(parents=True, exist_ok=True)
-            self.write_spec(out / "spec.json")
+            self.write_spec(out / "spec.json", offload="none")  # offload never changes the frames (tests/test_offload.py)
             worker(env, "served-reference", engine, str(out / "spec.json"), str(out), timeout=self.args.timeout, device=self.args.device)
             self.references[engine] = (np.load(out / "raw.npy"), np.load(out / "served.npy"))
         return self.references[engine]
