@@ -87,9 +87,10 @@ class Helios:
         cuda_graphs: on CUDA, replay the transformer from captured graphs.
         probe: entered around each prompt encoding, transformer call and chunk decode
         (helios_backends.probes; the benchmarks time these sections through it).
-        offload: "model" keeps the text encoder off the device between prompts; "layer" also
-        streams the transformer blocks from host memory through `offload_slots` device copies,
-        keeping the first `offload_resident` blocks on the device (fewer bytes copied per step).
+        offload: "model" keeps the text encoder on the host, streaming it through the device block
+        by block for each prompt; "layer" also streams the transformer blocks from host memory
+        through `offload_slots` device copies, keeping the first `offload_resident` blocks on the
+        device (fewer bytes copied per step).
         vae_frames_per_call: latent frames per pass of the VAE decoder's upsampled layers.
         1 (default): the smallest decode peak and the same frames in every offload mode; None: the
         whole chunk in one pass, a few times the memory for a little speed (bench/RESULTS.md).
@@ -169,23 +170,17 @@ class Helios:
     # -- preparation ------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str], max_length: int) -> torch.Tensor:
-        """(N, max_length, D) text encoder states; with offload "model" the encoder visits the device
-        for it, with "layer" one block at a time."""
+        """(N, max_length, D) text encoder states. With offload, the encoder lives on the host and
+        streams through the device one block at a time: the device never holds its 11 GB, and no
+        weight is copied home. (Moving the whole encoder there and back per prompt made "model"
+        slower than "layer", which streams the transformer too, and left the encoder's 11 GB in the
+        allocator's cache: bench/RESULTS.md, ninth session.)"""
         if self.text_encoder is None:
             raise RuntimeError("this Helios instance has no text encoder; pass prompt embeddings")
-        if self.offload == "none":
-            with self.probe.section("text", prompts):
+        with self.probe.section("text", prompts):
+            if self.offload == "none":
                 return self.text_encoder.encode(prompts, max_length)
-        if self.offload == "layer":  # the encoder streams through the device block by block, like the transformer
-            with self.probe.section("text", prompts):
-                return self.text_encoder.encode_streamed(prompts, max_length, self.device)
-        home = self.text_encoder.device
-        self.text_encoder.encoder.to(self.device)
-        try:
-            with self.probe.section("text", prompts):
-                return self.text_encoder.encode(prompts, max_length)
-        finally:
-            self.text_encoder.encoder.to(home)
+            return self.text_encoder.encode_streamed(prompts, max_length, self.device)
 
     @property
     def resident_blocks(self) -> list[int]:

@@ -169,6 +169,19 @@ def test_gpu_streamed_text_encoding_holds_one_block_on_the_device_and_equals_the
     assert relative_error(streamed.cpu(), resident.encode(["a lake at dawn"], 64).cpu()) <= 1e-5
 
 
+def test_gpu_model_offload_streams_the_text_encoder_from_the_host_and_equals_the_resident_model(checkpoints):
+    """`--offload model`: the encoder's weights stay the very host tensors they were (none moved
+    to the device whole, none copied home) and the latents are the resident model's."""
+    folder, _ = checkpoints["distilled"]
+    offloaded = Helios.from_pretrained(folder, device="cuda", dtype="float32", offload="model")
+    before = {name: p.data_ptr() for name, p in offloaded.text_encoder.encoder.named_parameters()}
+    got = latents(offloaded, request("a fox", 0))
+    assert all(p.device.type == "cpu" for p in offloaded.text_encoder.encoder.parameters())
+    assert {name: p.data_ptr() for name, p in offloaded.text_encoder.encoder.named_parameters()} == before
+    resident = Helios.from_pretrained(folder, device="cuda", dtype="float32")
+    assert relative_error(got, latents(resident, request("a fox", 0))) <= 1e-5
+
+
 def test_gpu_fp8_blocks_run_on_fp8_tensor_cores_through_the_graphs_near_bf16_and_stream_under_layer_offload(checkpoints):
     """`--quantization fp8` on CUDA: torch._scaled_mm inside the captured graphs, within FP8's
     rounding of the bf16 run, and the same e4m3 blocks streamed by `--offload layer`."""
