@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-sequence-length", type=int)
     g.add_argument("--device", default="cpu", help="cpu, cuda[:N] or npu[:N] (under torchrun: cuda means cuda:LOCAL_RANK)")
     g.add_argument("--offload", choices=["none", "model", "layer"], default="none",
-                   help="model: text encoder off the GPU between prompts; layer: also stream transformer blocks from host memory")
+                   help="model: text encoder on the host, streamed through the GPU per prompt; layer: also stream transformer blocks from host memory")
     g.add_argument("--offload-slots", type=int, default=2, help="device copies the streamed blocks rotate through with --offload layer")
     g.add_argument("--offload-resident-blocks", type=int, default=0, metavar="N",
                    help="with --offload layer: the first N transformer blocks stay on the GPU and only the rest stream "

@@ -1,4 +1,4 @@
-"""Low-VRAM execution: the text encoder off the GPU between prompts, transformer blocks streamed.
+"""Low-VRAM execution: the text encoder kept on the host, transformer blocks streamed.
 
 `layer` offload keeps the transformer blocks' weights in pinned host memory and a few
 "slots" on the GPU. Before block i runs, its weights must have arrived in a slot; right after it
@@ -8,7 +8,8 @@ model code is untouched. Everything outside the blocks (embedders, output layer)
 it is small. With `resident` > 0 the first blocks stay on the GPU for good and only the others
 stream: each forward then copies fewer bytes (the 12 / 16 GB profiles trade memory for speed).
 
-`model` offload moves the text encoder to the GPU only to encode prompts.
+`model` offload keeps the text encoder on the host; it streams through the GPU one block at a time
+to encode prompts (`TextEncoder.encode_streamed`), in `layer` offload too.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """SGLang's offload settings -> the core's `offload` mode, `offload_slots` and `offload_resident`.
 
 The core has two ways to save device memory: "model" (the text encoder lives on the host and
-visits the device only to encode prompts; the transformer and VAE, which alternate every chunk,
-stay) and "layer" (also the transformer blocks live on the host and stream through
+streams through the device block by block to encode prompts; the transformer and VAE, which
+alternate every chunk, stay) and "layer" (also the transformer blocks live on the host and stream through
 `offload_slots` device copies, the next blocks copied while the current one runs). SGLang's
 per-component flags are read as the memory the user asked to save:
 
