@@ -17,7 +17,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -82,6 +81,8 @@ def decode_video(
 
     A small compressed file can expand enormously; the total cap bounds the decoded memory.
     """
+    import av  # where used: PyAV's import is a cost every process importing the core would pay
+
     data = _media_bytes("video", value, max_bytes)
     frames: list[np.ndarray] = []
     total = 0
@@ -167,6 +168,8 @@ def read_image(path: str | Path) -> Image.Image:
 
 def read_video(path: str | Path, max_frames: int | None = None) -> list[np.ndarray]:
     """The frames of a video file as (H, W, 3) uint8 arrays (the CLI's --video; a server never reads a path)."""
+    import av
+
     try:
         with av.open(str(path)) as container:
             frames = []

@@ -2,7 +2,8 @@
 
 transformers (the UMT5 encoder) and diffusers (the Wan VAE) take seconds to import; the CLI's
 argument checks, `--help` and the engines' request checks need neither, so they load with the
-text encoder and the VAE (issue 24's cold start; its timing lives in bench/, not here).
+text encoder and the VAE. PyAV loads where a video is read or written (issue 24's cold start; its
+timing lives in bench/, not here).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 
-HEAVY = ("transformers", "diffusers")
+HEAVY = ("transformers", "diffusers", "av")
 KERNEL_PACKAGES = ("helios_npu", "helios_triton_kernels", "torch_npu")
 
 
@@ -26,7 +27,7 @@ def loaded_after_import(module: str, packages: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize("module", ["helios_backends.pipeline", "helios_backends.cli", "helios_backends.session"])
-def test_importing_an_entry_point_loads_neither_transformers_nor_diffusers(module):
+def test_importing_an_entry_point_loads_no_model_or_video_library(module):
     assert loaded_after_import(module, HEAVY) == []
 
 
