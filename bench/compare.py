@@ -351,7 +351,8 @@ class Bench:
         row.peak_gpu_mib = proc.memory.peak_gpu / 2**20 if proc.memory.peak_gpu else None
         row.mem_kind = proc.memory.kind
         if row.peak_gpu_mib:
-            row.notes.append(f"GPU memory: {proc.memory.gpu_kind}")
+            by_process = "; ".join(f"{name}: {size >> 20} MiB" for name, size in proc.memory.gpu_by_process.items())
+            row.notes.append(f"GPU memory: {proc.memory.gpu_kind}" + (f" (each process's own peak: {by_process})" if by_process else ""))
 
     # -- engine servers --
 

@@ -33,6 +33,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tree_gpu_bytes(smi_lines: list[str], names: dict[int, str]) -> dict[str, int]:
+    """Device memory of the tree's processes from `nvidia-smi --query-compute-apps=pid,used_memory`
+    rows (csv, noheader, nounits: "PID, MiB"), bytes per "name pid"; processes outside the tree
+    (other users of the GPU) are left out. Per process, so a server's extra memory can be placed."""
+    used = {}
+    for line in smi_lines:
+        pid, _, mib = line.partition(",")
+        if pid.strip().isdigit() and int(pid) in names and mib.strip().isdigit():
+            used[f"{names[int(pid)]} {int(pid)}"] = int(mib) * 2**20
+    return used
+
+
+def _name(process) -> str:
+    try:
+        return process.name()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return "?"
+
+
 class MemorySampler(threading.Thread):
     """Peak memory of a process and all its descendants, sampled every `interval` seconds.
 
@@ -49,6 +68,7 @@ class MemorySampler(threading.Thread):
         self.pid, self.gpu, self.interval = pid, gpu, interval
         self.peak_host = 0
         self.peak_gpu = 0
+        self.gpu_by_process: dict[str, int] = {}  # "name pid" -> that process's own peak, bytes (nvidia-smi rows)
         self.kind = "PSS" if psutil is not None else "n/a"
         self.gpu_kind = "n/a"
         self._gpu_baseline = self._device_used() if gpu else 0
@@ -87,15 +107,13 @@ class MemorySampler(threading.Thread):
         lines = self._smi("--query-gpu=memory.used")
         return int(lines[0]) * 2**20 if lines and lines[0].strip().isdigit() else 0
 
-    def _gpu_bytes(self, pids: set[int]) -> int:
-        total, listed = 0, False
-        for line in self._smi("--query-compute-apps=pid,used_memory"):
-            pid, _, mib = line.partition(",")
-            if pid.strip().isdigit() and int(pid) in pids and mib.strip().isdigit():
-                total, listed = total + int(mib) * 2**20, True
-        if listed:
+    def _gpu_bytes(self, names: dict[int, str]) -> int:
+        used = tree_gpu_bytes(self._smi("--query-compute-apps=pid,used_memory"), names)
+        for process, size in used.items():
+            self.gpu_by_process[process] = max(self.gpu_by_process.get(process, 0), size)
+        if used:
             self.gpu_kind = "nvidia-smi, the process tree"
-            return total
+            return sum(used.values())
         if self.gpu_kind == "n/a" or self.gpu_kind.startswith("nvidia-smi, device"):
             self.gpu_kind = "nvidia-smi, device used less its use before start"
             return max(0, self._device_used() - self._gpu_baseline)
@@ -106,17 +124,17 @@ class MemorySampler(threading.Thread):
             return
         last_gpu = 0.0
         while not self._stop_event.is_set():
-            pids = {self.pid}  # without psutil (a device image may lack it): the GPU only, by the root's PID
+            names = {self.pid: "root"}  # without psutil (a device image may lack it): the GPU only, by the root's PID
             if psutil is not None:
                 try:
                     procs = self.tree()
                 except psutil.NoSuchProcess:
                     return
                 self.peak_host = max(self.peak_host, self._host_bytes(procs))
-                pids = {p.pid for p in procs}
+                names = {p.pid: _name(p) for p in procs}
             if self.gpu and time.monotonic() - last_gpu >= 1.0:
                 last_gpu = time.monotonic()
-                self.peak_gpu = max(self.peak_gpu, self._gpu_bytes(pids))
+                self.peak_gpu = max(self.peak_gpu, self._gpu_bytes(names))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
