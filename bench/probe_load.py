@@ -2,6 +2,7 @@
 
     python bench/probe_load.py /tmp/h14
     python bench/probe_load.py FOLDER --device cpu     # smoke test: no pinned memory without CUDA
+    python bench/probe_load.py /tmp/h14 --resident     # from_pretrained's parts, weights resident
 
 Steps: the page-cache read; the transformer placed as layer offload places it (blocks in pinned
 host buffers, the rest on the GPU) and filled from the mapped files (what from_pretrained does);
@@ -38,8 +39,11 @@ def main():
     parser.add_argument("folder")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--resident", action="store_true", help="time each part of a resident from_pretrained instead")
     args = parser.parse_args()
     folder, device = Path(args.folder), torch.device(args.device)
+    if args.resident:
+        return resident(folder, device)
     for path in sorted((folder / "transformer").glob("*.safetensors")):
         timed(f"page-cache read of {path.name}", path.read_bytes)
     model = build_transformer(folder, torch.bfloat16, default_ops(device), fuse=True)
@@ -62,6 +66,17 @@ def main():
     with ThreadPoolExecutor(args.threads) as pool:
         timed(f"pinned buffers alone, {args.threads} threads",
               lambda: list(pool.map(lambda _: torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=True), range(n))))
+
+
+def resident(folder: Path, device: torch.device) -> None:
+    """from_pretrained(offload="none")'s loads one by one, in its order, bf16 transformer and text encoder."""
+    from helios_backends.text import TextEncoder
+    from helios_backends.vae import WanVAE
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    timed("WanVAE.load (bf16)", lambda: (WanVAE.load(folder, torch.bfloat16, device), sync()))
+    timed("load_transformer (bf16, fused)", lambda: (load_transformer(folder, torch.bfloat16, device), sync()))
+    timed("TextEncoder.load (bf16)", lambda: (TextEncoder.load(folder, torch.bfloat16, device), sync()))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Counts that change with a request's sizes (token rows, sequence length, the history split,
+# positions) only bound masks and index arithmetic, never an address's alignment: unspecialized,
+# one compiled variant per dtype and width serves every request, so a warm-up on tiny inputs
+# compiles what a real request needs (helios_backends.warmup). Strides stay specialized: their
+# divisibility lets loads vectorize.
+ROW_COUNTS = ["n_rows", "L", "split"]
 
-@triton.jit
+
+@triton.jit(do_not_specialize=ROW_COUNTS)
 def _modulated_layernorm(
     x_ptr, shift_ptr, scale_ptr, out_ptr,
     n_rows, L, D, split, R, eps,
@@ -36,7 +43,7 @@ def _modulated_layernorm(
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=ROW_COUNTS)
 def _gated_residual(
     x_ptr, y_ptr, gate_ptr, out_ptr,
     n_rows, L, D, split, R,
@@ -54,7 +61,7 @@ def _gated_residual(
     tl.store(out_ptr + offs, (x + y * gate).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "L"])
 def _rmsnorm_rope(
     x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
     n_rows, L, D, x_row_stride, half_head, eps,
@@ -97,7 +104,7 @@ def block_rows(width: int) -> int:
     return max(1, 4096 // triton.next_power_of_2(width))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _channel_rmsnorm_silu(
     x_ptr, gamma_ptr, bias_ptr, pre_bias_ptr, out_ptr,
     C, N, x_sb, x_sc, x_sn, o_sb, o_sc, o_sn, scale, eps,
@@ -127,7 +134,7 @@ def _channel_rmsnorm_silu(
     tl.store(out_ptr + b.to(tl.int64) * o_sb + c64 * o_sc + p64 * o_sn, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def _bias_residual(x_ptr, bias_ptr, res_ptr, numel, C, channel_stride, BLOCK: tl.constexpr):
     """x += bias[c] + res in place, x and res of one dense layout; element i's channel is
     (i // channel_stride) % C (channel_stride 1 channels-last, N channel-first)."""
