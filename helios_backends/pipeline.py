@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import device_backend
-from .config import PipelineConfig, SchedulerConfig, TransformerConfig
+from .config import PipelineConfig, SchedulerConfig
 from .loading import build_transformer, check_folder, fill_weights, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .fp8 import check_quantization, fp8_quantized, quantize_blocks
@@ -23,7 +22,6 @@ from .session import ChunkOutput, Keep, PendingFrames, Session
 from .text import TextEncoder
 from .transformer import HeliosTransformer
 from .vae import WanVAE, to_uint8_frames
-from .warmup import KernelWarmup
 
 
 class Helios:
@@ -110,11 +108,6 @@ class Helios:
         check_quantization(quantization, device, dtype)
         scheduler = load_scheduler_config(folder)
         ops = ops or default_ops(device)
-        vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
-        backend = device_backend(device.type)
-        warmup = None
-        if backend is not None and backend.compiles_on_first_use:  # compiled while the weights below are read
-            warmup = KernelWarmup(TransformerConfig.from_json(folder / "transformer" / "config.json"), dtype, ops, vae, quantization)
         if parallel is not None and parallel.sp is not None:
             ops = SequenceParallelOps(ops, parallel)
         layers = None
@@ -142,8 +135,7 @@ class Helios:
             parallel.config.validate(transformer.config.num_attention_heads)
         text_device = torch.device("cpu") if offload != "none" else device
         text_encoder = TextEncoder.load(folder, dtype, text_device)
-        if warmup is not None:
-            warmup.join()
+        vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
         return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers, probe)
 
     def set_loras(self, adapters: Sequence[tuple[str | Path, float]]) -> None:
