@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -110,32 +111,16 @@ class Helios:
         ops = ops or default_ops(device)
         if parallel is not None and parallel.sp is not None:
             ops = SequenceParallelOps(ops, parallel)
-        layers = None
-        if offload == "layer":
-            # Everything but the blocks on the device, the streamed blocks in pinned host buffers,
-            # then each weight copied once from the file into its place. FP8 quantizes on the host
-            # first: the e4m3 blocks are what streams, so LayerOffload takes them once quantized.
-            transformer = build_transformer(folder, dtype, ops, fuse=True)
-            for name, module in transformer.named_children():
-                if name != "blocks":
-                    module.to_empty(device=device)
-            if quantization == "fp8":
-                transformer.blocks.to_empty(device=torch.device("cpu"))
-                fill_weights(transformer, folder)
-                quantize_blocks(transformer.blocks, ops)
-                layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
-            else:
-                layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
-                fill_weights(transformer, folder)
-        else:
-            transformer = load_transformer(folder, dtype, device, ops)
-            if quantization == "fp8":
-                quantize_blocks(transformer.blocks, ops)
+        text_device = torch.device("cpu") if offload != "none" else device
+        # The text encoder and the VAE load on a second thread while this one fills the
+        # transformer: its copies release the GIL, so their imports (transformers, diffusers) and
+        # reads run meanwhile instead of after it.
+        with ThreadPoolExecutor(1, thread_name_prefix="helios-load") as pool:
+            others = pool.submit(_load_text_and_vae, folder, dtype, text_device, vae_dtype, device, vae_frames_per_call)
+            transformer, layers = _place_transformer(folder, dtype, device, ops, offload, offload_slots, offload_resident, quantization)
+            text_encoder, vae = others.result()
         if parallel is not None:
             parallel.config.validate(transformer.config.num_attention_heads)
-        text_device = torch.device("cpu") if offload != "none" else device
-        text_encoder = TextEncoder.load(folder, dtype, text_device)
-        vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
         return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers, probe)
 
     def set_loras(self, adapters: Sequence[tuple[str | Path, float]]) -> None:
@@ -328,3 +313,33 @@ class Helios:
         """The chunks of a Session of `request` (or of a prepared Generation); see Session.chunks."""
         session = Session(self, request, decode) if isinstance(request, Generation) else self.session(request, decode=decode)
         return session.chunks(on_step)
+
+
+def _place_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops, offload: str, offload_slots: int,
+                       offload_resident: int, quantization: str | None) -> tuple[HeliosTransformer, LayerOffload | None]:
+    """The transformer where `offload` puts it, weights filled (and FP8-quantized if asked)."""
+    if offload != "layer":
+        transformer = load_transformer(folder, dtype, device, ops)
+        if quantization == "fp8":
+            quantize_blocks(transformer.blocks, ops)
+        return transformer, None
+    # Everything but the blocks on the device, the streamed blocks in pinned host buffers, then
+    # each weight copied once from the file into its place. FP8 quantizes on the host first: the
+    # e4m3 blocks are what streams, so LayerOffload takes them once quantized.
+    transformer = build_transformer(folder, dtype, ops, fuse=True)
+    for name, module in transformer.named_children():
+        if name != "blocks":
+            module.to_empty(device=device)
+    if quantization == "fp8":
+        transformer.blocks.to_empty(device=torch.device("cpu"))
+        fill_weights(transformer, folder)
+        quantize_blocks(transformer.blocks, ops)
+        return transformer, LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
+    layers = LayerOffload(transformer.blocks, device, offload_slots, offload_resident)
+    fill_weights(transformer, folder)
+    return transformer, layers
+
+
+def _load_text_and_vae(folder: Path, dtype: torch.dtype, text_device: torch.device, vae_dtype: torch.dtype, device: torch.device,
+                       vae_frames_per_call: int | None) -> tuple[TextEncoder, WanVAE]:
+    return TextEncoder.load(folder, dtype, text_device), WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
