@@ -48,7 +48,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists on this machine, or a clear error."""
+    """A torch device that exists on this machine, indexed ("cuda" is the current one), or a clear error."""
     kind = device_type_of(device)
     backend = device_backend(kind) if kind not in ("cpu", "cuda") else None
     if backend is not None and backend.device is not None:
@@ -64,7 +64,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise CheckpointError(f"device {device!r}: no CUDA GPU is available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise CheckpointError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return dev
+        # Indexed: the current device (an engine's rank sets it) is per thread, and
+        # from_pretrained loads the text encoder and the VAE on a second thread.
+        return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
     raise CheckpointError(f"unsupported device {device!r} (accepted: cpu, cuda[:N], npu[:N])")
 
 

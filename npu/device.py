@@ -41,7 +41,7 @@ def configure(torch_npu) -> None:
 
 
 def npu_device(name: str) -> torch.device:
-    """A usable NPU device for "npu" or "npu:N", or a one-line error saying why not."""
+    """A usable NPU device for "npu" (the current one) or "npu:N", or a one-line error saying why not."""
     torch_npu = import_torch_npu()
     if torch_npu is None:
         raise CheckpointError(f"device {name!r}: {MISSING}")
@@ -55,4 +55,5 @@ def npu_device(name: str) -> torch.device:
     if device.index is not None and device.index >= count:
         raise CheckpointError(f"device {name!r}: only {count} NPU(s) present")
     configure(torch_npu)
-    return device
+    # Indexed: the current device is per thread, and from_pretrained loads on a second thread.
+    return device if device.index is not None else torch.device("npu", torch_npu.npu.current_device())

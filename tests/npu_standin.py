@@ -223,6 +223,7 @@ def build(device_count: int = 1) -> types.ModuleType:
     npu.config = _Config()
     npu.compile_modes = []
     npu.device_count = lambda: device_count
+    npu.current_device = lambda: 0  # the calling thread's device; nothing here sets it
     npu.is_available = lambda: device_count > 0
 
     def set_compile_mode(jit_compile=False):

@@ -330,7 +330,7 @@ def test_npu_device_selection_with_torch_npu_loaded():
     run = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert out["npu"] == "npu" and out["npu:1"] == "npu:1"
+    assert out["npu"] == "npu:0" and out["npu:1"] == "npu:1"  # indexed: the current device is per thread
     assert out["npu:2"] == "error: device 'npu:2': only 2 NPU(s) present"
     assert out["npu:x"] == "error: unknown device 'npu:x' (accepted: cpu, cuda[:N], npu[:N])"
     assert out["none visible"] == "error: device 'npu': no Ascend NPU is visible"
