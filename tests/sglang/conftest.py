@@ -29,6 +29,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa: E402
+from tests.shared_server import SharedServer  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
 from helios_backends.media_read import decode_mp4  # noqa: E402
@@ -123,12 +124,21 @@ def start_server(folder: Path, config: Path, workdir: Path, *extra: str, platfor
     command = [
         SGLANG, "serve", "--model-path", str(folder), "--pipeline-config-path", str(config),
         "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off",
-        "--output-path", str(workdir / "outputs"), *extra,
+        "--output-path", str(workdir / "outputs"), "--input-save-path", str(workdir / "uploads"), *extra,
     ]
     process = Launched(command, workdir / "server.log", env=engine_env(platform), cwd=workdir, sample_memory=False)
     http = Http(f"http://127.0.0.1:{port}", timeout=120)
     wait_ready(process, http, timeout=START_TIMEOUT_S)
     return Server(process, http, workdir)
+
+
+@pytest.fixture(scope="session")
+def shared_server(fp32_config, tmp_path_factory) -> SharedServer[Server]:
+    """`shared_server.get(folder, *flags)`: a CPU `sglang serve` of `folder` in fp32, shared with
+    the previous module if it asked for the same (tests/shared_server.py)."""
+    servers = SharedServer(lambda folder, *flags: start_server(folder, fp32_config, tmp_path_factory.mktemp("serve"), *flags))
+    yield servers
+    servers.close()
 
 
 def run_generate(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from helios_backends.pipeline import Helios
 from helios_backends.request import GenerationRequest
 from helios_backends.tiny import make_tiny_lora
 
-from .conftest import HEIGHT, WIDTH, as_served, start_server
+from .conftest import HEIGHT, WIDTH, as_served
 
 VARIANT = "distilled"  # no CFG: the cheapest request
 SCALE = 0.6
@@ -47,11 +47,8 @@ def loras(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folders, fp32_config, tmp_path_factory, loras):
-    lora = ("--lora-path", str(loras["folder"]), "--lora-scale", str(SCALE), "--lora-nickname", "style")
-    server = start_server(tiny_folders[VARIANT], fp32_config, tmp_path_factory.mktemp("serve-lora"), *lora)
-    yield server
-    server.stop()
+def server(tiny_folders, shared_server, loras):
+    return shared_server.get(tiny_folders[VARIANT], "--lora-path", str(loras["folder"]), "--lora-scale", str(SCALE), "--lora-nickname", "style")
 
 
 @pytest.fixture(scope="module")

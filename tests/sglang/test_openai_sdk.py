@@ -18,7 +18,7 @@ import pytest
 from helios_harness.launch import Http, Launched, free_port, wait_ready
 from tests import openai_conformance as spec
 
-from .conftest import START_TIMEOUT_S, engine_env, start_server
+from .conftest import START_TIMEOUT_S, engine_env
 
 VARIANT = "distilled"  # no CFG: the fastest variant per step
 SMALL = {"width": spec.WIDTH, "height": spec.HEIGHT, "num_frames": 33, "pyramid_steps": [1, 1, 1]}
@@ -28,11 +28,8 @@ KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
-def sglang(tiny_folders, fp32_config, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("sdk")
-    server = start_server(tiny_folders[VARIANT], fp32_config, workdir, "--input-save-path", str(workdir / "uploads"))
-    yield server
-    server.stop()
+def sglang(tiny_folders, shared_server):
+    return shared_server.get(tiny_folders[VARIANT])
 
 
 @pytest.fixture(scope="module")

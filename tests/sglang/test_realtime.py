@@ -28,10 +28,8 @@ START = {"prompt": "a fox", "height": HEIGHT, "width": WIDTH, "seed": 4}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folders, fp32_config, tmp_path_factory):
-    server = start_server(tiny_folders["distilled"], fp32_config, tmp_path_factory.mktemp("realtime"))
-    yield server
-    server.stop()
+def server(tiny_folders, shared_server):
+    return shared_server.get(tiny_folders["distilled"])
 
 
 def _session(server, init: dict, **kwargs) -> dict:

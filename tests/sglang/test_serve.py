@@ -16,7 +16,7 @@ from helios_backends.request import GenerationRequest, PromptSegment
 from helios_backends.media_read import decode_mp4
 from helios_backends.media_write import Mp4Writer
 
-from .conftest import HEIGHT, WIDTH, as_served, core_frames, start_server
+from .conftest import HEIGHT, WIDTH, as_served, core_frames
 
 VARIANT = "mid"  # pyramid + CFG-Zero*: the variant with the most request options
 
@@ -26,10 +26,8 @@ def _b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folders, fp32_config, tmp_path_factory):
-    server = start_server(tiny_folders[VARIANT], fp32_config, tmp_path_factory.mktemp("serve"))
-    yield server
-    server.stop()
+def server(tiny_folders, shared_server):
+    return shared_server.get(tiny_folders[VARIANT])
 
 
 def _image(seed: int) -> Image.Image:
