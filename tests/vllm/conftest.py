@@ -1,7 +1,8 @@
 """Fixtures for the vLLM-Omni plugin suite: tiny Helios folders and real `vllm serve --omni` servers.
 
 Every server is a subprocess bound to 127.0.0.1 on a free port, reached over HTTP only; a module
-starts one and shares it. A server that does not come up fails the test with its log's tail.
+starts one, shared with the previous module when that asked for the same options
+(tests/shared_server.py). A server that does not come up fails the test with its log's tail.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from helios_harness.launch import Http, Launched, free_port, wait_ready  # noqa:
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
 from helios_backends.tiny import make_tiny  # noqa: E402
+from tests.shared_server import SharedServer  # noqa: E402
 
 HEIGHT, WIDTH = 64, 128
 FAST = {"pyramid_steps": [1, 1, 1]}  # one step per pyramid stage keeps a chunk under a second
@@ -80,3 +82,12 @@ def start_server(folder: Path, tmp_path_factory, name: str, *extra: str) -> Serv
     process = Launched(command, tmp_path_factory.mktemp(name) / "server.log", sample_memory=False)
     wait_ready(process, Http(url), timeout=STARTUP_TIMEOUT_S)
     return Server(process, url, httpx.Client(base_url=url, timeout=120))
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory) -> SharedServer[Server]:
+    """`shared_server.get(folder, *flags)`: a `vllm serve FOLDER --omni` with `flags`, shared with
+    the previous module if it asked for the same (tests/shared_server.py)."""
+    servers = SharedServer(lambda folder, *flags: start_server(folder, tmp_path_factory, "serve", *flags))
+    yield servers
+    servers.close()

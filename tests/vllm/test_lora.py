@@ -16,7 +16,7 @@ import pytest
 from helios_backends.pipeline import Helios
 from helios_backends.tiny import make_tiny_lora
 
-from .conftest import HEIGHT, WIDTH, core_frames, start_server
+from .conftest import HEIGHT, WIDTH, core_frames
 from .test_serve import MIDDLEWARE, decode, form, served_as
 
 STARTUP_SCALE = 0.7
@@ -36,12 +36,10 @@ def loras(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folders, tmp_path_factory, loras):
+def server(tiny_folders, shared_server, loras):
     paths = (str(loras["folder"]), f"{loras['second']}:{SECOND_SCALE}")
-    args = ("--lora-backend", "distill", "--lora-path", *paths, "--lora-scale", str(STARTUP_SCALE))
-    server = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-lora", *MIDDLEWARE, *args)
-    yield server
-    server.stop()
+    return shared_server.get(tiny_folders["distilled"], *MIDDLEWARE, "--lora-backend", "distill", "--lora-path", *paths,
+                             "--lora-scale", str(STARTUP_SCALE))
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ import pytest
 
 from tests import openai_conformance as spec
 
-from .conftest import start_server
-
 MIDDLEWARE = ("--middleware", "helios_vllm.http.HeliosRequestCheck")
 STEPS = {"pyramid_steps": [1, 1, 1]}
 
@@ -26,10 +24,8 @@ SMALL = {"width": spec.WIDTH, "height": spec.HEIGHT, "num_frames": 33, "extra_pa
 
 
 @pytest.fixture(scope="module")
-def vllm(tiny_folders, tmp_path_factory):
-    server = start_server(tiny_folders["distilled"], tmp_path_factory, "sdk", *MIDDLEWARE)
-    yield server
-    server.stop()
+def vllm(tiny_folders, shared_server):
+    return shared_server.get(tiny_folders["distilled"], *MIDDLEWARE)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,8 @@ MIDDLEWARE = ("--middleware", "helios_vllm.http.HeliosRequestCheck")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folders, tmp_path_factory):
-    server = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-distilled", *MIDDLEWARE)
-    yield server
-    server.stop()
+def server(tiny_folders, shared_server):
+    return shared_server.get(tiny_folders["distilled"], *MIDDLEWARE)
 
 
 def form(prompt="a red fox running through snow", extra=None, **fields):

@@ -16,10 +16,8 @@ from .conftest import FAST, HEIGHT, WIDTH, start_server
 
 
 @pytest.fixture(scope="module")
-def server(tiny_folders, tmp_path_factory):
-    server = start_server(tiny_folders["distilled"], tmp_path_factory, "serve-streaming", "--diffusion-streaming-output")
-    yield server
-    server.stop()
+def server(tiny_folders, shared_server):
+    return shared_server.get(tiny_folders["distilled"], "--diffusion-streaming-output")
 
 
 def test_streaming_sends_each_chunk_as_the_core_finishes_it(server):
