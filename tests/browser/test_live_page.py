@@ -61,7 +61,8 @@ def server(tmp_path_factory):
     config.write_text(json.dumps({"dit_precision": "fp32", "vae_precision": "fp32"}))
     port = free_port()
     command = [str(env / "bin" / "sglang"), "serve", "--model-path", str(folder), "--pipeline-config-path", str(config),
-               "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off", "--output-path", str(work / "outputs")]
+               "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off", "--output-path", str(work / "outputs"),
+               "--sleep-on-idle"]  # no hot polling loop taking a core from Chromium while the server waits
     process = Launched(command, work / "server.log", env={**os.environ, **ENGINE_ENV}, cwd=work, sample_memory=False)
     wait_ready(process, Http(f"http://127.0.0.1:{port}"), timeout=420)
     yield f"ws://127.0.0.1:{port}", process

@@ -120,10 +120,12 @@ class Server:
 
 
 def start_server(folder: Path, config: Path, workdir: Path, *extra: str, platform: str = "cpu") -> Server:
+    """--sleep-on-idle: SGLang's scheduler otherwise polls for requests in a hot loop, a whole core
+    of CI's two taken from the test computing its oracle while the server waits."""
     port = free_port()
     command = [
         SGLANG, "serve", "--model-path", str(folder), "--pipeline-config-path", str(config),
-        "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off",
+        "--host", "127.0.0.1", "--port", str(port), "--warmup-mode", "off", "--sleep-on-idle",
         "--output-path", str(workdir / "outputs"), "--input-save-path", str(workdir / "uploads"), *extra,
     ]
     process = Launched(command, workdir / "server.log", env=engine_env(platform), cwd=workdir, sample_memory=False)
