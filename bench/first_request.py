@@ -33,9 +33,8 @@ class CompileLog:
     """Each Triton compile's kernel name and seconds, from Triton's before/after hooks."""
 
     def __init__(self):
-        self.started: dict[int, float] = {}
+        self.started: dict[int, float] = {}  # by the compile's key, which both hooks receive
         self.seconds: dict[str, list[float]] = defaultdict(list)
-        self.variants: dict[str, list[str]] = defaultdict(list)
 
     def install(self) -> None:
         import triton
@@ -43,20 +42,15 @@ class CompileLog:
         triton.knobs.runtime.jit_cache_hook = self.before
         triton.knobs.runtime.jit_post_compile_hook = self.after
 
-    def before(self, *, key, fn, **_) -> None:
+    def before(self, *, key, **_) -> None:
         self.started[id(key)] = time.perf_counter()
-        self.last = time.perf_counter()
-        return None
+        return None  # a true value would tell Triton to skip the compile
 
-    def after(self, *, key, fn, repr, **_) -> None:
-        start = self.started.pop(id(key), self.last)
-        self.seconds[fn.name].append(time.perf_counter() - start)
-        self.variants[fn.name].append(repr)
-        return None
+    def after(self, *, key, fn, **_) -> None:
+        self.seconds[fn.name].append(time.perf_counter() - self.started.pop(id(key)))
 
-    def take(self) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
-        out = dict(self.seconds), dict(self.variants)
-        self.seconds, self.variants = defaultdict(list), defaultdict(list)
+    def take(self) -> dict[str, list[float]]:
+        out, self.seconds = dict(self.seconds), defaultdict(list)
         return out
 
 
@@ -74,17 +68,15 @@ def main() -> int:
 
     log = CompileLog()
     log.install()
-    t0 = time.perf_counter()
     from helios_backends.pipeline import Helios
     from helios_backends.request import GenerationRequest
 
-    imported = time.perf_counter() - t0
     t0 = time.perf_counter()
     helios = Helios.from_pretrained(args.model, device="cuda", dtype="bfloat16", vae_dtype=args.vae_dtype)
     torch.cuda.synchronize()
     loaded = time.perf_counter() - t0
-    result = {"import_s": imported, "load_s": loaded, "load_compiles": log.take()[0], "requests": []}
-    print(f"import {imported:.2f} s, load {loaded:.2f} s", flush=True)
+    result = {"load_s": loaded, "load_compiles": log.take(), "requests": []}
+    print(f"load {loaded:.2f} s", flush=True)
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, max_sequence_length=MAX_TOKENS,
                                 height=args.height, width=args.width, num_frames=args.num_frames,
                                 pyramid_steps=args.pyramid_steps, seed=0)
@@ -98,10 +90,10 @@ def main() -> int:
                 first_chunk = time.perf_counter() - start
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
-        compiles, variants = log.take()
+        compiles = log.take()
         row = {"wall_s": wall, "first_chunk_s": first_chunk, "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
                "compiles": {name: len(s) for name, s in compiles.items()},
-               "compile_s": {name: round(sum(s), 3) for name, s in compiles.items()}, "variants": variants}
+               "compile_s": {name: round(sum(s), 3) for name, s in compiles.items()}}
         result["requests"].append(row)
         total = sum(row["compile_s"].values())
         print(f"request {index + 1}: {wall:.2f} s (first chunk {first_chunk:.2f} s), peak {row['peak_allocated_gib']:.2f} GiB, "
