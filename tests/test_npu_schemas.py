@@ -160,7 +160,7 @@ def test_the_standin_has_the_declared_signature(release, op):
 
 def test_the_torch_npu_npu_functions_we_call_exist_in_the_release(release):
     used = set(re.findall(r"torch_npu\.npu\.(\w+(?:\.\w+)?)", OUR_DEVICE.read_text()))
-    assert used == {"config.allow_internal_format", "set_compile_mode", "device_count"}
-    for name in ("set_compile_mode", "device_count"):
+    assert used == {"config.allow_internal_format", "set_compile_mode", "device_count", "current_device"}
+    for name in ("set_compile_mode", "device_count", "current_device"):
         assert re.search(rf"^def {name}\(", release.npu_sources, re.M), name
     assert '"allow_internal_format"' in release.npu_sources
