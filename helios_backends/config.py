@@ -100,6 +100,61 @@ class TransformerConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class VAEConfig:
+    """vae/config.json, in diffusers' AutoencoderKLWan field names (`temperal` is theirs);
+    defaults are the Wan-2.1 VAE's. Only what the Helios checkpoints use is accepted: the Wan-2.2
+    variants (is_residual, patch_size) and encoder attention (attn_scales) are refused."""
+
+    base_dim: int = 96
+    decoder_base_dim: int | None = None  # None: base_dim
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temperal_downsample: tuple[bool, ...] = (False, True, True)
+    dropout: float = 0.0  # training only
+    latents_mean: tuple[float, ...] = (
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+        0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    )
+    latents_std: tuple[float, ...] = (
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+        3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    )
+    is_residual: bool = False
+    in_channels: int = 3
+    out_channels: int = 3
+    patch_size: int | None = None
+    scale_factor_temporal: int = 4
+    scale_factor_spatial: int = 8
+
+    def __post_init__(self):
+        if self.is_residual:
+            raise CheckpointError("vae config: is_residual true (the Wan-2.2 VAE) is not supported")
+        if self.patch_size is not None:
+            raise CheckpointError(f"vae config: patch_size {self.patch_size} (the Wan-2.2 VAE) is not supported")
+        if self.attn_scales:
+            raise CheckpointError(f"vae config: attn_scales {list(self.attn_scales)} is not supported (Wan 2.1 has none)")
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise CheckpointError(f"vae config: temperal_downsample needs {len(self.dim_mult) - 1} entries (one per "
+                                  f"downsampling of dim_mult), got {len(self.temperal_downsample)}")
+        for name in ("latents_mean", "latents_std"):
+            if len(getattr(self, name)) != self.z_dim:
+                raise CheckpointError(f"vae config: {name} has {len(getattr(self, name))} entries, z_dim is {self.z_dim}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "vae config") -> "VAEConfig":
+        return _from_dict(cls, data, source)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "VAEConfig":
+        return cls.from_dict(read_json(path), path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
 SchedulerKind = Literal["unipc", "euler", "dmd"]
 
 

@@ -1,9 +1,10 @@
 """Loading a diffusers-layout Helios folder.
 
-The transformer is built on the meta device, its parameters are then given their places (the
-device; or, under layer offload, pinned host buffers and device-resident blocks) and each
-checkpoint tensor is copied once, from the memory-mapped safetensors straight into its place,
-cast on the way, on several threads: no host copy of the weights is made first.
+The transformer and the VAE are built on the meta device, their parameters are then given their
+places (the device; or, under layer offload, the transformer's pinned host buffers and
+device-resident blocks) and each checkpoint tensor is copied once, from the memory-mapped
+safetensors straight into its place, cast on the way, on several threads: no host copy of the
+weights is made first.
 
 `plan_for_folder` validates a request against a folder's json files alone, for engines that
 check requests where no weights are loaded (an HTTP front end, a queue) or before loading them.
@@ -22,12 +23,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import PipelineConfig, SchedulerConfig, TransformerConfig
+from .config import PipelineConfig, SchedulerConfig, TransformerConfig, VAEConfig
 from .backends import device_backend, device_type_of
 from .errors import CheckpointError
 from .ops import default_ops
 from .request import GenerationRequest, Plan, plan
 from .transformer import FP32_MODULES, HeliosTransformer, checkpoint_parameters
+from .wan_vae import WanAutoencoder
 
 SUPPORTED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
@@ -157,8 +159,12 @@ def build_transformer(folder: Path, dtype: torch.dtype, ops, fuse: bool) -> Heli
 def fill_weights(model: HeliosTransformer, folder: Path) -> None:
     """Copy each of the folder's transformer tensors into the model's parameter of that name,
     wherever it lives, casting on the way; names and shapes are checked before anything is read."""
-    directory = Path(folder) / "transformer"
-    targets = checkpoint_parameters(model)
+    _copy_tensors(checkpoint_parameters(model), Path(folder) / "transformer")
+
+
+def _copy_tensors(targets: dict[str, torch.Tensor], directory: Path) -> None:
+    """Each tensor of the checkpoint in `directory` into the target of its name; the names must
+    match exactly and the shapes agree."""
     files = weight_files(directory)
     missing = sorted(set(targets) - set(files))
     if missing:
@@ -185,6 +191,16 @@ def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops
     model = build_transformer(folder, dtype, ops or default_ops(device), fuse=device.type == "cuda")
     model.to_empty(device=device)
     fill_weights(model, folder)
+    return model
+
+
+def load_vae(folder: Path, dtype: torch.dtype, device: torch.device) -> WanAutoencoder:
+    """The folder's Wan VAE in `dtype` on `device`, built on the meta device and filled like the transformer."""
+    config = VAEConfig.from_json(Path(folder) / "vae" / "config.json")
+    with torch.device("meta"):
+        model = WanAutoencoder(config)
+    model = model.to(dtype).to_empty(device=device).eval().requires_grad_(False)
+    _copy_tensors(dict(model.named_parameters()), Path(folder) / "vae")
     return model
 
 

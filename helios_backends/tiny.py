@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .config import TransformerConfig
-from .loading import INDEX_NAME
+from .config import TransformerConfig, VAEConfig
+from .loading import INDEX_NAME, WEIGHTS_NAME
 from .transformer import HeliosTransformer
+from .wan_vae import WanAutoencoder
 
 TINY_TRANSFORMER = TransformerConfig(
     num_attention_heads=2,
@@ -26,6 +27,7 @@ TINY_TRANSFORMER = TransformerConfig(
     num_layers=2,
     rope_dim=(4, 6, 6),
 )
+# vae/config.json's fields (diffusers' AutoencoderKLWan arguments; the tests build diffusers' VAE from them)
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
 TINY_TEXT = dict(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 
@@ -112,11 +114,19 @@ def save_transformer(model: HeliosTransformer, directory: Path, shards: int = 2)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
+def save_vae(model: WanAutoencoder, directory: Path) -> None:
+    """The files diffusers' AutoencoderKLWan.save_pretrained writes: one safetensors file and its config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = {"_class_name": "AutoencoderKLWan", "_diffusers_version": "0.42.1", **model.config.to_dict()}
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def make_tiny(
     folder: str | Path, variant: str = "distilled", seed: int = 0, transformer: TransformerConfig = TINY_TRANSFORMER
 ) -> Path:
     """Write a tiny random Helios-{variant} folder and return its path."""
-    from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
 
     if variant not in SCHEDULERS:
@@ -129,7 +139,7 @@ def make_tiny(
         for p in model.parameters():
             p.normal_(0.0, 0.2)
     save_transformer(model, folder / "transformer")
-    AutoencoderKLWan(**TINY_VAE).save_pretrained(folder / "vae")
+    save_vae(WanAutoencoder(VAEConfig.from_dict(TINY_VAE)), folder / "vae")  # PyTorch's default init, as diffusers' VAE has
     UMT5EncoderModel(UMT5Config(**TINY_TEXT)).save_pretrained(folder / "text_encoder")
     build_tokenizer(TINY_TEXT["vocab_size"]).save_pretrained(folder / "tokenizer")
     (folder / "scheduler").mkdir(exist_ok=True)

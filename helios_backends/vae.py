@@ -1,20 +1,18 @@
-"""The Wan-2.1 VAE (diffusers' AutoencoderKLWan) with Helios' latent normalisation."""
+"""The Wan-2.1 VAE (wan_vae.WanAutoencoder) with Helios' latent normalisation."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # diffusers loads with the VAE, not when the core is imported
-    from diffusers import AutoencoderKLWan
-
-    from .wan_decoder import DecoderCache
+from .loading import load_vae
+from .wan_decoder import DecoderCache, WanChunkDecoder, to_channels_last
+from .wan_vae import WanAutoencoder
 
 
 class WanVAE:
-    """Encode with diffusers' AutoencoderKLWan; decode a chunk per layer call with WanChunkDecoder.
+    """Encode with WanAutoencoder; decode a chunk per layer call with WanChunkDecoder.
 
     channels_last: store the decoder's conv weights and run its activations channels-last, the
     layout cuDNN's convolutions take natively (channel-first, it transposes around every conv).
@@ -29,9 +27,7 @@ class WanVAE:
     temporal_factor = 4
     spatial_factor = 8
 
-    def __init__(self, model: AutoencoderKLWan, channels_last: bool | None = None, frames_per_call: int | None = 1):
-        from .wan_decoder import WanChunkDecoder, to_channels_last
-
+    def __init__(self, model: WanAutoencoder, channels_last: bool | None = None, frames_per_call: int | None = 1):
         self.model = model
         channels_last = model.device.type == "cuda" if channels_last is None else channels_last
         if channels_last:
@@ -46,10 +42,7 @@ class WanVAE:
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype, device: torch.device, channels_last: bool | None = None,
              frames_per_call: int | None = 1) -> "WanVAE":
-        from diffusers import AutoencoderKLWan
-
-        model = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
-        return cls(model.eval().requires_grad_(False), channels_last, frames_per_call)
+        return cls(load_vae(folder, dtype, device), channels_last, frames_per_call)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -63,7 +56,7 @@ class WanVAE:
     def encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """video (B, 3, T, H, W) in [-1, 1] -> normalised latents, sampled from the posterior with `generator`."""
         video = video.to(device=self.device, dtype=self.dtype)
-        latents = self.model.encode(video).latent_dist.sample(generator=generator)
+        latents = self.model.encode(video, generator)
         return (latents - self.mean) * self.inv_std
 
     @torch.no_grad()

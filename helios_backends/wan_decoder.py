@@ -15,15 +15,17 @@ another on the same cache. The head, at the latents' resolution, where per-frame
 launch-bound, always takes the whole chunk; its output is small, so what the decode holds beyond
 one group's working set is little. Causality makes the grouping invisible in the output.
 
-On CUDA each norm + SiLU runs as one fused Triton pass (`channel_rmsnorm_silu`); diffusers'
-WanRMS_norm makes an fp32 copy and four more full-size temporaries, which at full resolution are
+On CUDA each norm + SiLU runs as one fused Triton pass (`channel_rmsnorm_silu`); the reference
+ChannelRMSNorm makes an fp32 copy and four more full-size temporaries, which at full resolution are
 the decode's peak and a sixth of its time. The pass also adds the previous conv's bias and writes
 straight into the next causal conv's input buffer, and a residual block's last conv bias rides on
 its residual add (`bias_residual_`), so no activation-sized pass is spent on a bias or a
 concatenation. Channels-last (`WanVAE`'s default on CUDA) the activations stay in the layout
 cuDNN's convolutions take natively; channel-first, cuDNN transposes around every conv.
 
-The diffusers modules' own parameters are used; nothing is copied.
+The model's own parameters are used; nothing is copied. Only parameters and attributes that
+diffusers' AutoencoderKLWan modules share (same names) are read, so bench/probe_gpu.py can run this
+decoder on diffusers' VAE beside its own decode.
 """
 
 from __future__ import annotations
@@ -32,17 +34,9 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import (
-    CACHE_T,
-    WanCausalConv3d,
-    WanResample,
-    WanResidualBlock,
-    WanRMS_norm,
-    WanUpBlock,
-)
 
 from .backends import DecoderKernels, device_backend
+from .wan_vae import CACHE_T, CausalConv3d, ChannelRMSNorm, Resample, ResidualBlock, UpBlock, WanAutoencoder
 
 
 class DecoderCache:
@@ -50,10 +44,10 @@ class DecoderCache:
     CACHE_T input frames. A fresh cache decodes a chunk as the start of a video."""
 
     def __init__(self):
-        self.frames: dict[WanCausalConv3d, torch.Tensor] = {}
+        self.frames: dict[CausalConv3d, torch.Tensor] = {}
         self.started = False
 
-    def input_buffer(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+    def input_buffer(self, conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
         """conv's (B, C, CACHE_T + T, H, W) input for x: the CACHE_T frames before x in front
         (zeros at the video's start), x's frames left for the caller to write."""
         b, c, t, h, w = x.shape
@@ -65,12 +59,12 @@ class DecoderCache:
             buffer[:, :, :CACHE_T].copy_(before)
         return buffer
 
-    def keep(self, conv: WanCausalConv3d, padded: torch.Tensor) -> None:
+    def keep(self, conv: CausalConv3d, padded: torch.Tensor) -> None:
         """After conv's input `padded` is complete: its last CACHE_T frames (through the previous
         ones when x was shorter) are what the next frames' conv sees before them."""
         self.frames[conv] = padded[:, :, -CACHE_T:].clone(memory_format=_format(padded))
 
-    def conv_input(self, conv: WanCausalConv3d, x: torch.Tensor) -> torch.Tensor:
+    def conv_input(self, conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
         """x with the CACHE_T frames before it prepended; the cache moves on past x."""
         padded = self.input_buffer(conv, x)
         padded[:, :, CACHE_T:].copy_(x)
@@ -84,10 +78,10 @@ def _format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def to_channels_last(model: AutoencoderKLWan) -> None:
+def to_channels_last(model: WanAutoencoder) -> None:
     """Store the decoder's conv weights channels-last (NDHWC / NHWC) in place, so cuDNN's
-    channels-last kernels run without a per-call weight transpose. diffusers' own decode still
-    works on them (layout is not semantics)."""
+    channels-last kernels run without a per-call weight transpose. The encoder's keep their layout
+    (layout is not semantics)."""
     for module in [model.post_quant_conv, *model.decoder.modules()]:
         if isinstance(module, torch.nn.Conv3d):
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
@@ -95,7 +89,7 @@ def to_channels_last(model: AutoencoderKLWan) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
-def _conv_padded(conv: WanCausalConv3d, x: torch.Tensor, bias: bool) -> torch.Tensor:
+def _conv_padded(conv: CausalConv3d, x: torch.Tensor, bias: bool) -> torch.Tensor:
     """conv on x whose time padding (its cached frames) is already in place; the conv itself
     pads space with zeros, so no padded copy of the activation is made."""
     pad_w, _, pad_h, _, _, _ = conv._padding
@@ -141,11 +135,8 @@ class WanChunkDecoder:
     briefly claim most of the GPU (bench/RESULTS.md has the figures).
     """
 
-    def __init__(self, model: AutoencoderKLWan, channels_last: bool = False, frames_per_pass: int | None = None,
+    def __init__(self, model: WanAutoencoder, channels_last: bool = False, frames_per_pass: int | None = None,
                  autotune: bool = False):
-        cfg = model.config
-        if cfg.is_residual or cfg.patch_size is not None:
-            raise NotImplementedError("only the Wan-2.1 VAE decoder (is_residual=False, no patch_size) is supported")
         self.model = model
         self.channels_last = channels_last
         self.frames_per_pass = frames_per_pass
@@ -204,13 +195,13 @@ class WanChunkDecoder:
         return self._norm_act_conv(dec.norm_out, dec.nonlinearity, dec.conv_out, x, cache)
 
     @staticmethod
-    def _conv(conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache, bias: bool = True) -> torch.Tensor:
+    def _conv(conv: CausalConv3d, x: torch.Tensor, cache: DecoderCache, bias: bool = True) -> torch.Tensor:
         """The causal conv over all of x's frames. bias=False leaves the bias to the consumer's pass."""
         if conv._padding[4]:  # time padding: the cached frames go in front
             x = cache.conv_input(conv, x)
         return _conv_padded(conv, x, bias)
 
-    def _norm_act_conv(self, norm: WanRMS_norm, act: torch.nn.Module, conv: WanCausalConv3d, x: torch.Tensor, cache: DecoderCache,
+    def _norm_act_conv(self, norm: ChannelRMSNorm, act: torch.nn.Module, conv: CausalConv3d, x: torch.Tensor, cache: DecoderCache,
                        pre_bias: torch.Tensor | None = None, bias: bool = True) -> torch.Tensor:
         """conv(act(norm(x + pre_bias))), the normalised frames written straight into conv's input
         buffer after its cached frames (no concatenation copy)."""
@@ -221,14 +212,13 @@ class WanChunkDecoder:
         cache.keep(conv, padded)
         return _conv_padded(conv, padded, bias)
 
-    def _norm_act(self, norm: WanRMS_norm, act: torch.nn.Module, x: torch.Tensor, pre_bias: torch.Tensor | None = None,
+    def _norm_act(self, norm: ChannelRMSNorm, act: torch.nn.Module, x: torch.Tensor, pre_bias: torch.Tensor | None = None,
                   out: torch.Tensor | None = None) -> torch.Tensor:
         """act(norm(x + pre_bias)) into `out` (else a new tensor); pre_bias: the producing conv's
         bias (per channel)."""
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)
-        if self.kernels is not None and isinstance(act, torch.nn.SiLU) and norm.channel_first and dense:
-            bias = norm.bias if isinstance(norm.bias, torch.Tensor) else None
-            return self.kernels.channel_rmsnorm_silu(x, norm.gamma, bias, norm.scale, pre_bias=pre_bias, out=out)
+        if self.kernels is not None and isinstance(act, torch.nn.SiLU) and dense:  # the VAE's norms have no bias
+            return self.kernels.channel_rmsnorm_silu(x, norm.gamma, None, norm.scale, pre_bias=pre_bias, out=out)
         y = act(norm(x if pre_bias is None else x + pre_bias.view(1, -1, 1, 1, 1)))
         return y if out is None else out.copy_(y)
 
@@ -238,7 +228,7 @@ class WanChunkDecoder:
             return self.kernels.bias_residual_(x, bias, residual)
         return x.add_(residual).add_(bias.view(1, -1, 1, 1, 1))
 
-    def _resnet(self, block: WanResidualBlock, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+    def _resnet(self, block: ResidualBlock, x: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """The conv biases are folded into the next pass: conv1's into norm2, conv2's and the
         shortcut's into the residual add."""
         if isinstance(block.conv_shortcut, torch.nn.Identity):
@@ -249,19 +239,19 @@ class WanChunkDecoder:
         h = self._norm_act_conv(block.norm2, block.nonlinearity, block.conv2, h, cache, pre_bias=block.conv1.bias, bias=False)
         return self._bias_residual(h, bias, shortcut)
 
-    def _up_block(self, block: WanUpBlock, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+    def _up_block(self, block: UpBlock, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
         for resnet in block.resnets:
             x = self._resnet(resnet, x, cache)
         if block.upsamplers is not None:
             x = self._resample(block.upsamplers[0], x, cache, first)
         return x
 
-    def _resample(self, resample: WanResample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+    def _resample(self, resample: Resample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
         if resample.mode == "upsample3d":
             x = self._upsample_time(resample, x, cache, first)
         return self._upsample_space(resample, x)
 
-    def _upsample_space(self, resample: WanResample, x: torch.Tensor) -> torch.Tensor:
+    def _upsample_space(self, resample: Resample, x: torch.Tensor) -> torch.Tensor:
         """Per frame: nearest-neighbour 2x, then the resample's 2D conv. Channels-last, the frames
         are views of x and the result is channels_last_3d; channel-first, the result is made
         contiguous (the next norm and conv would otherwise take a frame-major layout)."""
@@ -273,7 +263,7 @@ class WanChunkDecoder:
         out = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
         return out if self.channels_last else out.contiguous()
 
-    def _upsample_time(self, resample: WanResample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
+    def _upsample_time(self, resample: Resample, x: torch.Tensor, cache: DecoderCache, first: bool) -> torch.Tensor:
         """Each latent frame -> 2 frames (channel halves of a causal time conv), except the video's
         first frame, which diffusers passes through as is and keeps out of the conv's history."""
         head = None

@@ -23,11 +23,11 @@ def test_cuda_and_npu_are_served_by_the_installed_kernel_packages():
 
 
 def test_a_device_without_a_backend_gets_the_torch_reference():
-    from .test_vae import tiny_vae
+    from .test_vae import tiny_vaes
 
     assert device_backend("cpu") is None
     assert type(default_ops("cpu")) is TorchOps
-    assert WanChunkDecoder(tiny_vae()).kernels is None
+    assert WanChunkDecoder(tiny_vaes()[0]).kernels is None
 
 
 def test_the_pre_0_2_package_names_import_the_new_packages_with_a_warning(tmp_path):

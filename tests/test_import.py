@@ -1,9 +1,9 @@
 """What importing the core's entry points loads: the heavy model libraries wait for a model.
 
-transformers (the UMT5 encoder) and diffusers (the Wan VAE) take seconds to import; the CLI's
-argument checks, `--help` and the engines' request checks need neither, so they load with the
-text encoder and the VAE. PyAV loads where a video is read or written (issue 24's cold start; its
-timing lives in bench/, not here).
+transformers (the UMT5 encoder) takes seconds to import; the CLI's argument checks, `--help` and
+the engines' request checks do not need it, so it loads with the text encoder. diffusers, as
+heavy, is not imported at all: the Wan VAE is our own module. PyAV loads where a video is read or
+written (issue 24's cold start; its timing lives in bench/, not here).
 """
 
 from __future__ import annotations
@@ -35,3 +35,28 @@ def test_importing_an_entry_point_loads_no_model_or_video_library(module):
 def test_importing_the_core_imports_no_kernel_package(module):
     """Kernel packages register by entry point (helios_backends/backends.py); the core names none."""
     assert loaded_after_import(module, KERNEL_PACKAGES) == []
+
+
+def test_making_loading_and_running_a_model_never_imports_diffusers(tmp_path):
+    """The Wan VAE is our own module (helios_backends.wan_vae): writing the tiny folder, loading it,
+    generating from text and from an image (a VAE encode) and decoding load no diffusers module."""
+    script = (
+        "import sys\n"
+        "import torch\n"
+        "from PIL import Image\n"
+        "from helios_backends.pipeline import Helios\n"
+        "from helios_backends.request import GenerationRequest\n"
+        "from helios_backends.tiny import make_tiny\n"
+        f"folder = make_tiny({str(tmp_path / 'tiny')!r}, 'distilled')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))\n"
+        "core = Helios.from_pretrained(folder)\n"
+        "image = Image.new('RGB', (128, 64), (200, 40, 90))\n"
+        "for extra in ({}, {'image': image}):\n"
+        "    request = GenerationRequest(prompt='a fox', height=64, width=128, num_frames=33, pyramid_steps=(1, 1, 1), **extra)\n"
+        "    frames = torch.cat([chunk.frames for chunk in core.stream(request)], 1)\n"
+        "    assert frames.shape == (1, 33, 64, 128, 3), frames.shape\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[]", "[]"]

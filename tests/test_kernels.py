@@ -146,11 +146,11 @@ def test_residual_add_with_the_convs_bias_in_one_pass(layout):
 def test_vae_chunk_decoder_on_the_fused_kernels_equals_diffusers_frame_by_frame(channels_last):
     from helios_triton_kernels import ops as triton_ops
 
-    from .test_vae import CHUNK, assert_close, diffusers_decode, latents, tiny_vae
+    from .test_vae import CHUNK, assert_close, diffusers_decode, latents, tiny_vaes
 
-    vae = tiny_vae()
+    vae, theirs = tiny_vaes()
     z = latents(2 * CHUNK)
-    want = diffusers_decode(vae, z)
+    want = diffusers_decode(theirs, z)
     if channels_last:
         to_channels_last(vae)
     decoder, cache = WanChunkDecoder(vae, channels_last=channels_last, frames_per_pass=1), DecoderCache()

@@ -112,13 +112,15 @@ def test_gpu_the_chunk_decoder_with_fused_norms_equals_diffusers_frame_by_frame_
     from helios_backends.tiny import TINY_VAE
     from helios_backends.wan_decoder import DecoderCache, WanChunkDecoder
 
+    from ..test_vae import ours_from
+
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convs in fp32: the comparison is about the decoder
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**TINY_VAE).cuda().eval()
     z = torch.randn(1, 16, 18, 8, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     with torch.no_grad():
         want = vae.decode(z, return_dict=False)[0]
-    decoder, cache = WanChunkDecoder(vae, frames_per_pass=1), DecoderCache()
+    decoder, cache = WanChunkDecoder(ours_from(vae), frames_per_pass=1), DecoderCache()
     got = torch.cat([decoder(z[:, :, :9], cache), decoder(z[:, :, 9:], cache)], 2)
     assert (got - want).abs().max().item() <= 1e-4, (got - want).abs().max().item()
 
