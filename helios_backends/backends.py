@@ -38,11 +38,14 @@ class DecoderKernels(Protocol):
 class DeviceBackend:
     """ops: builds the transformer's ops for the device type. device: checks that a device name
     ("npu:1") is usable and returns it, raising CheckpointError in one line (None: torch's own
-    device check). decoder: fused VAE decoder passes (None: the decoder's torch code)."""
+    device check). decoder: fused VAE decoder passes (None: the decoder's torch code).
+    compiles_on_first_use: its kernels compile when first launched (Triton), so loading a model
+    runs it once on tiny inputs meanwhile (helios_backends.warmup)."""
 
     ops: Callable[[], TorchOps]
     device: Callable[[str], torch.device] | None = None
     decoder: DecoderKernels | None = None
+    compiles_on_first_use: bool = False
 
 
 def device_type_of(device: torch.device | str) -> str:

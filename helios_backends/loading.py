@@ -144,7 +144,11 @@ def build_transformer(folder: Path, dtype: torch.dtype, ops, fuse: bool) -> Heli
     """The folder's transformer on the meta device, each parameter in the dtype it will load in
     (FP32_MODULES stay float32), q/k/v fused when `fuse`. Give its parameters places (to_empty,
     LayerOffload), then fill_weights."""
-    config = TransformerConfig.from_json(Path(folder) / "transformer" / "config.json")
+    return build_model(TransformerConfig.from_json(Path(folder) / "transformer" / "config.json"), dtype, ops, fuse)
+
+
+def build_model(config: TransformerConfig, dtype: torch.dtype, ops, fuse: bool) -> HeliosTransformer:
+    """`build_transformer` from a config."""
     with torch.device("meta"):
         model = HeliosTransformer(config, ops)
         for name, param in list(model.named_parameters()):

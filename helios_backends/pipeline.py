@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .config import PipelineConfig, SchedulerConfig
+from .backends import device_backend
+from .config import PipelineConfig, SchedulerConfig, TransformerConfig
 from .loading import build_transformer, check_folder, fill_weights, load_scheduler_config, load_transformer, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .fp8 import check_quantization, fp8_quantized, quantize_blocks
@@ -23,6 +24,7 @@ from .session import ChunkOutput, Keep, PendingFrames, Session
 from .text import TextEncoder
 from .transformer import HeliosTransformer
 from .vae import WanVAE, to_uint8_frames
+from .warmup import compile_kernels
 
 
 class Helios:
@@ -109,14 +111,18 @@ class Helios:
         check_quantization(quantization, device, dtype)
         scheduler = load_scheduler_config(folder)
         ops = ops or default_ops(device)
+        kernel_ops = ops  # the warm-up's: unsharded, so no collective runs on the loading thread
         if parallel is not None and parallel.sp is not None:
             ops = SequenceParallelOps(ops, parallel)
         text_device = torch.device("cpu") if offload != "none" else device
         # The text encoder and the VAE load on a second thread while this one fills the
         # transformer: its copies release the GIL, so the text encoder's import (transformers)
         # and their reads run meanwhile instead of after it.
+        backend = device_backend(device.type)
+        warm = backend is not None and backend.compiles_on_first_use  # compiled there too, while the transformer fills
         with ThreadPoolExecutor(1, thread_name_prefix="helios-load") as pool:
-            others = pool.submit(_load_text_and_vae, folder, dtype, text_device, vae_dtype, device, vae_frames_per_call)
+            others = pool.submit(_load_text_and_vae, folder, dtype, text_device, vae_dtype, device, vae_frames_per_call,
+                                 (kernel_ops, quantization) if warm else None)
             transformer, layers = _place_transformer(folder, dtype, device, ops, offload, offload_slots, offload_resident, quantization)
             text_encoder, vae = others.result()
         if parallel is not None:
@@ -341,5 +347,10 @@ def _place_transformer(folder: Path, dtype: torch.dtype, device: torch.device, o
 
 
 def _load_text_and_vae(folder: Path, dtype: torch.dtype, text_device: torch.device, vae_dtype: torch.dtype, device: torch.device,
-                       vae_frames_per_call: int | None) -> tuple[TextEncoder, WanVAE]:
-    return TextEncoder.load(folder, dtype, text_device), WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
+                       vae_frames_per_call: int | None, warm: tuple | None) -> tuple[TextEncoder, WanVAE]:
+    """warm: (ops, quantization) to compile the kernels once the VAE is loaded (helios_backends.warmup)."""
+    vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
+    if warm is not None:
+        ops, quantization = warm
+        compile_kernels(TransformerConfig.from_json(folder / "transformer" / "config.json"), dtype, ops, vae, quantization)
+    return TextEncoder.load(folder, dtype, text_device), vae

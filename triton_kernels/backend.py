@@ -4,4 +4,4 @@ from helios_backends.backends import DeviceBackend
 
 from . import ops
 
-BACKEND = DeviceBackend(ops=ops.TritonOps, decoder=ops)  # the module has the DecoderKernels functions
+BACKEND = DeviceBackend(ops=ops.TritonOps, decoder=ops, compiles_on_first_use=True)  # the module has the DecoderKernels functions

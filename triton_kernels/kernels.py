@@ -13,8 +13,9 @@ import triton.language as tl
 
 # Counts that change with a request's sizes (token rows, sequence length, the history split,
 # positions) only bound masks and index arithmetic, never an address's alignment: unspecialized,
-# one compiled variant per dtype and width serves every size, so a fresh process compiles fewer
-# (bench/first_request.py). Strides stay specialized: their divisibility lets loads vectorize.
+# one compiled variant per dtype and width serves every size, so the loading thread's run on tiny
+# inputs compiles what a request needs (helios_backends.warmup). Strides stay specialized: their
+# divisibility lets loads vectorize.
 ROW_COUNTS = ["n_rows", "L", "split"]
 
 

@@ -5,6 +5,10 @@ Names say GPU: these need a CUDA device and are not part of the CPU suites.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -257,3 +261,33 @@ def test_gpu_helios_generate_on_cuda_runs_bfloat16_unless_told_otherwise(checkpo
     bf16 = latents(Helios.from_pretrained(folder, device="cuda", dtype="bfloat16"), req)
     fp32 = latents(Helios.from_pretrained(folder, device="cuda", dtype="float32"), req)
     assert relative_error(got, bf16) * 10 < relative_error(got, fp32), (relative_error(got, bf16), relative_error(got, fp32))
+
+
+FIRST_REQUEST = """
+import json, sys, triton
+from helios_backends.pipeline import Helios
+from helios_backends.request import GenerationRequest
+compiled = []
+triton.knobs.runtime.jit_post_compile_hook = lambda *, fn, **_: compiled.append(fn.name)
+helios = Helios.from_pretrained(sys.argv[1], device="cuda", dtype="bfloat16", vae_dtype="bfloat16",
+                                quantization=None if sys.argv[2] == "none" else sys.argv[2])
+loading = list(compiled)
+compiled.clear()
+request = GenerationRequest(prompt="a fox", height=int(sys.argv[3]), width=int(sys.argv[4]), num_frames=33, pyramid_steps=(1, 1, 1), seed=0)
+for _ in helios.stream(request):
+    pass
+print(json.dumps({"loading": loading, "request": compiled}))
+"""
+
+
+@pytest.mark.parametrize("quantization", ["none", "fp8"])
+def test_gpu_loading_compiles_the_kernels_so_a_fresh_processs_first_request_compiles_none(checkpoints, quantization):
+    """helios_backends.warmup: from_pretrained runs the model once on tiny inputs while the weights
+    load, so every Triton variant a request needs exists before it starts. A fresh process, as a
+    user's; Triton's jit_post_compile_hook fires for each kernel compiled or read from its disk cache."""
+    folder, _ = checkpoints["distilled"]
+    out = subprocess.run([sys.executable, "-c", FIRST_REQUEST, str(folder), quantization, str(HEIGHT), str(WIDTH)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    compiled = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"_modulated_layernorm", "_gated_residual", "_rmsnorm_rope", "_channel_rmsnorm_silu"} <= set(compiled["loading"])
+    assert compiled["request"] == []
