@@ -113,8 +113,8 @@ class Helios:
             ops = SequenceParallelOps(ops, parallel)
         text_device = torch.device("cpu") if offload != "none" else device
         # The text encoder and the VAE load on a second thread while this one fills the
-        # transformer: its copies release the GIL, so the text encoder's import (transformers)
-        # and their reads run meanwhile instead of after it.
+        # transformer: its copies release the GIL, so their reads (and the tokenizer's parse)
+        # run meanwhile instead of after it.
         with ThreadPoolExecutor(1, thread_name_prefix="helios-load") as pool:
             others = pool.submit(_load_text_and_vae, folder, dtype, text_device, vae_dtype, device, vae_frames_per_call)
             transformer, layers = _place_transformer(folder, dtype, device, ops, offload, offload_slots, offload_resident, quantization)
