@@ -25,6 +25,13 @@ import torch.nn.functional as F
 from .config import TextEncoderConfig
 
 
+def uninitialized_embedding(rows: int, dim: int) -> nn.Embedding:
+    """An nn.Embedding whose table a checkpoint fills. Its default random init is skipped: on the
+    meta device (where the loader builds the model) normal_ runs through torch._refs, whose
+    wrapper imports torch._dynamo."""
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+
+
 class RMSNorm(nn.Module):
     """x / RMS(x) times a learned gain. The mean square is taken in float32; a half-precision
     gain brings the result back to its dtype (T5's "layer norm")."""
@@ -69,7 +76,7 @@ class SelfAttention(nn.Module):
         self.k = nn.Linear(config.d_model, inner, bias=False)
         self.v = nn.Linear(config.d_model, inner, bias=False)
         self.o = nn.Linear(inner, config.d_model, bias=False)
-        self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
+        self.relative_attention_bias = uninitialized_embedding(config.relative_attention_num_buckets, config.num_heads)
 
     def position_bias(self, length: int, device: torch.device) -> torch.Tensor:
         """(1, heads, length, length) added to the scores."""
@@ -167,7 +174,7 @@ class UMT5Encoder(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
         self.config = config
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared = uninitialized_embedding(config.vocab_size, config.d_model)
         self.encoder = Stack(config, self.shared)
 
     @property
