@@ -166,10 +166,11 @@ def test_the_encoder_loaded_from_a_transformers_folder_gives_transformers_last_h
     ours = load_text_encoder(tmp_path, dtype, torch.device("cpu"))
     assert {n: p.dtype for n, p in ours.state_dict().items()} == {n: p.dtype for n, p in theirs.state_dict().items()}
     ids, mask = batch(config["vocab_size"])
-    with torch.no_grad():
-        want = theirs(ids, mask).last_hidden_state
-        got = ours(ids, mask)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for mask in (mask, torch.ones_like(mask)):  # padded rows; none (transformers then passes no mask, only the bias)
+        with torch.no_grad():
+            want = theirs(ids, mask).last_hidden_state
+            got = ours(ids, mask)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_the_encoder_reads_transformers_state_dict_key_for_key():
