@@ -1,10 +1,10 @@
 """Loading a diffusers-layout Helios folder.
 
-The transformer, the VAE and the text encoder are built on the meta device, their parameters are then given their
-places (the device; or, under layer offload, the transformer's pinned host buffers and
-device-resident blocks) and each checkpoint tensor is copied once, from the memory-mapped
-safetensors straight into its place, cast on the way, on several threads: no host copy of the
-weights is made first.
+The transformer, the VAE and the text encoder are built on the meta device, their parameters are
+then given their places (the device; or, under layer offload, the transformer's pinned host
+buffers and device-resident blocks) and each checkpoint tensor is copied once, from the
+memory-mapped safetensors straight into its place, cast on the way, on several threads: no host
+copy of the weights is made first.
 
 `plan_for_folder` validates a request against a folder's json files alone, for engines that
 check requests where no weights are loaded (an HTTP front end, a queue) or before loading them.
