@@ -30,14 +30,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helios_backends.config import PipelineConfig, SchedulerConfig, TransformerConfig  # noqa: E402
+from helios_backends.config import PipelineConfig, SchedulerConfig, TextEncoderConfig, TransformerConfig  # noqa: E402
 from helios_backends.fp8 import quantize_blocks  # noqa: E402
 from helios_backends.ops import TorchOps, default_ops  # noqa: E402
 from helios_backends.pipeline import Helios  # noqa: E402
 from helios_backends.request import GenerationRequest  # noqa: E402
 from helios_backends.text import TextEncoder  # noqa: E402
+from helios_backends.tokenizer import TransformersTokenizer  # noqa: E402
 from helios_backends.tiny import COMMON_SCHEDULER, SCHEDULERS, TINY_TEXT, TINY_TRANSFORMER, TINY_VAE, build_tokenizer  # noqa: E402
 from helios_backends.transformer import FP32_MODULES, HeliosTransformer  # noqa: E402
+from helios_backends.umt5 import UMT5Encoder  # noqa: E402
 from helios_backends.vae import WanVAE  # noqa: E402
 
 from bench.timing import PeakMeter, RunProbe, Timer, sync  # noqa: E402
@@ -149,7 +151,8 @@ class Bench:
         vae_cfg = {} if args.config == "14b" else TINY_VAE
         self.vae = AutoencoderKLWan(**vae_cfg).to(self.device, self.dtype).eval().requires_grad_(False)
         self.our_vae = copy.deepcopy(self.vae)  # the same weights; ours stores them channels-last on CUDA, diffusers' keep their layout
-        self.text = self._text_encoder(args.config)
+        self.their_text = self._their_text_encoder(args.config)
+        self.text = self._our_text_encoder(*self.their_text)
         self.build_seconds = time.perf_counter() - t
         self.tmp = Path(args.out)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -162,8 +165,8 @@ class Bench:
         self.vae_frames_per_call = args.vae_frames_per_call
         self.probe = RunProbe()  # every Helios here reports its sections to it
 
-    def _text_encoder(self, config: str) -> TextEncoder:
-        """A random UMT5 encoder shared by both sides: UMT5-XXL for the 14B config."""
+    def _their_text_encoder(self, config: str):
+        """transformers' tokenizer and a random UMT5 encoder (UMT5-XXL for the 14B config), for diffusers' side."""
         from transformers import UMT5Config, UMT5EncoderModel
 
         text_dim = self.config.text_dim
@@ -171,7 +174,16 @@ class Bench:
         torch.manual_seed(0)
         with torch.device(self.device):
             encoder = UMT5EncoderModel._from_config(UMT5Config(**cfg), torch_dtype=self.dtype)
-        return TextEncoder(build_tokenizer(cfg["vocab_size"]), encoder.eval().requires_grad_(False))
+        return build_tokenizer(cfg["vocab_size"]), encoder.eval().requires_grad_(False)
+
+    @staticmethod
+    def _our_text_encoder(tokenizer, encoder) -> TextEncoder:
+        """Our UMT5 encoder over the very tensors of transformers' (assigned, not copied): both sides
+        encode with the same weights and the device holds them once."""
+        with torch.device("meta"):
+            ours = UMT5Encoder(TextEncoderConfig.from_dict(encoder.config.to_dict()))
+        ours.load_state_dict(encoder.state_dict(), assign=True)
+        return TextEncoder(TransformersTokenizer(tokenizer), ours.eval().requires_grad_(False))
 
     # -- the two implementations ------------------------------------------------------------------
 
@@ -199,7 +211,7 @@ class Bench:
             if self.cuda and not self.compiled:
                 self.ref.compile_repeated_blocks(fullgraph=True)
                 self.compiled = True
-            common = dict(tokenizer=self.text.tokenizer, text_encoder=self.text.encoder, vae=self.vae,
+            common = dict(tokenizer=self.their_text[0], text_encoder=self.their_text[1], vae=self.vae,
                           scheduler=diffusers_scheduler(variant, self.gamma), transformer=self.ref)
             if variant == "base":
                 pipe = HeliosPipeline(**common)

@@ -155,6 +155,42 @@ class VAEConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """text_encoder/config.json (transformers' UMT5Config field names); defaults are UMT5-XXL's.
+
+    Only the fields the encoder's math reads are taken: the file also carries transformers'
+    generic keys (dtype, versions, token ids, decoder sizes), which vary between its releases.
+    What the encoder here does not compute (another model type or activation, a decoder) is
+    refused, naming the field; a checkpoint holding a decoder's tensors too is refused by the
+    loader's strict key match (`architectures` is not read: UMT5EncoderModel reads whole UMT5
+    checkpoints)."""
+
+    vocab_size: int = 256384
+    d_model: int = 4096
+    d_kv: int = 64
+    d_ff: int = 10240
+    num_layers: int = 24
+    num_heads: int = 64
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path = "text_encoder config") -> "TextEncoderConfig":
+        required = {"model_type": "umt5", "feed_forward_proj": "gated-gelu", "is_decoder": False}
+        for name, accepted in required.items():
+            if data.get(name, accepted) != accepted:
+                raise CheckpointError(f"{source}: {name} {data[name]!r} is not supported (accepted: {accepted!r})")
+        if data.get("dense_act_fn", "gelu_new") != "gelu_new":  # transformers derives it from feed_forward_proj
+            raise CheckpointError(f"{source}: dense_act_fn {data['dense_act_fn']!r} is not supported (accepted: 'gelu_new')")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    @classmethod
+    def from_json(cls, path: Path) -> "TextEncoderConfig":
+        return cls.from_dict(read_json(path), path)
+
+
 SchedulerKind = Literal["unipc", "euler", "dmd"]
 
 

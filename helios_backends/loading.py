@@ -1,10 +1,10 @@
 """Loading a diffusers-layout Helios folder.
 
-The transformer and the VAE are built on the meta device, their parameters are then given their
-places (the device; or, under layer offload, the transformer's pinned host buffers and
-device-resident blocks) and each checkpoint tensor is copied once, from the memory-mapped
-safetensors straight into its place, cast on the way, on several threads: no host copy of the
-weights is made first.
+The transformer, the VAE and the text encoder are built on the meta device, their parameters are
+then given their places (the device; or, under layer offload, the transformer's pinned host
+buffers and device-resident blocks) and each checkpoint tensor is copied once, from the
+memory-mapped safetensors straight into its place, cast on the way, on several threads: no host
+copy of the weights is made first.
 
 `plan_for_folder` validates a request against a folder's json files alone, for engines that
 check requests where no weights are loaded (an HTTP front end, a queue) or before loading them.
@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import PipelineConfig, SchedulerConfig, TransformerConfig, VAEConfig
+from .config import PipelineConfig, SchedulerConfig, TextEncoderConfig, TransformerConfig, VAEConfig
 from .backends import device_backend, device_type_of
 from .errors import CheckpointError
 from .ops import default_ops
 from .request import GenerationRequest, Plan, plan
 from .transformer import FP32_MODULES, HeliosTransformer, checkpoint_parameters
+from .umt5 import UMT5Encoder
 from .wan_vae import WanAutoencoder
 
 SUPPORTED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,6 +37,9 @@ COMPONENTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "transformer/config.json")
+TEXT_WEIGHTS_NAME = "model.safetensors"  # transformers' names, in text_encoder/
+TEXT_INDEX_NAME = "model.safetensors.index.json"
+TOKEN_TABLE_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
@@ -84,9 +88,10 @@ def check_folder(folder: Path) -> PipelineConfig:
     return config
 
 
-def weight_files(directory: Path) -> dict[str, Path]:
-    """tensor name -> safetensors file, from the shard index or the single weights file."""
-    index = directory / INDEX_NAME
+def weight_files(directory: Path, weights_name: str = WEIGHTS_NAME, index_name: str = INDEX_NAME) -> dict[str, Path]:
+    """tensor name -> safetensors file, from the shard index or the single weights file (diffusers'
+    file names by default; transformers' for the text encoder)."""
+    index = directory / index_name
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -97,9 +102,9 @@ def weight_files(directory: Path) -> dict[str, Path]:
             if not shard.is_file():
                 raise CheckpointError(f"{index} names a missing shard: {shard.name}")
         return files
-    single = directory / WEIGHTS_NAME
+    single = directory / weights_name
     if not single.is_file():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+        raise CheckpointError(f"{directory}: no {weights_name} or {index_name}")
     with safe_open(single, framework="pt") as f:
         return {name: single for name in f.keys()}
 
@@ -166,10 +171,10 @@ def fill_weights(model: HeliosTransformer, folder: Path) -> None:
     _copy_tensors(checkpoint_parameters(model), Path(folder) / "transformer")
 
 
-def _copy_tensors(targets: dict[str, torch.Tensor], directory: Path) -> None:
-    """Each tensor of the checkpoint in `directory` into the target of its name; the names must
-    match exactly and the shapes agree."""
-    files = weight_files(directory)
+def _copy_tensors(targets: dict[str, torch.Tensor], directory: Path, files: dict[str, Path] | None = None) -> None:
+    """Each tensor of the checkpoint in `directory` (or of `files`, name -> safetensors file) into
+    the target of its name; the names must match exactly and the shapes agree."""
+    files = weight_files(directory) if files is None else files
     missing = sorted(set(targets) - set(files))
     if missing:
         raise CheckpointError(f"{directory}: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
@@ -206,6 +211,41 @@ def load_vae(folder: Path, dtype: torch.dtype, device: torch.device) -> WanAutoe
     model = model.to(dtype).to_empty(device=device).eval().requires_grad_(False)
     _copy_tensors(dict(model.named_parameters()), Path(folder) / "vae")
     return model
+
+
+def load_text_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> UMT5Encoder:
+    """The folder's UMT5 encoder in `dtype` (see UMT5Encoder.cast) on `device`, built on the meta
+    device and filled like the transformer. The token table may be stored as `shared.weight`,
+    `encoder.embed_tokens.weight` or both (transformers writes both when the config does not tie
+    them): it is one table here, read once."""
+    directory = Path(folder) / "text_encoder"
+    config = TextEncoderConfig.from_json(directory / "config.json")
+    with torch.device("meta"):
+        model = UMT5Encoder(config)
+    model = model.cast(dtype).to_empty(device=device).eval().requires_grad_(False)
+    files = weight_files(directory, TEXT_WEIGHTS_NAME, TEXT_INDEX_NAME)
+    tables = [name for name in TOKEN_TABLE_NAMES if name in files]
+    if not tables:
+        raise CheckpointError(f"{directory}: missing tensors {list(TOKEN_TABLE_NAMES)} (the token table, under either name)")
+    if len(tables) == 2:
+        _check_same_table(files, tables)
+    targets = {name: p for name, p in model.named_parameters() if name not in TOKEN_TABLE_NAMES}
+    targets[tables[0]] = model.shared.weight
+    _copy_tensors(targets, directory, {name: path for name, path in files.items() if name not in tables[1:]})  # the table once
+    return model
+
+
+def _check_same_table(files: dict[str, Path], names: list[str]) -> None:
+    """Refuse two different token tables (a checkpoint whose encoder and `shared` tables differ,
+    which this single-table encoder cannot run), comparing a spread of rows rather than reading
+    both whole tables (2 GB each in UMT5-XXL)."""
+    first, second = (_MappedWeights(files[name]) for name in names)
+    shapes = first.shape(names[0]), second.shape(names[1])
+    if shapes[0] != shapes[1]:
+        raise CheckpointError(f"{names[0]} has shape {shapes[0]}, {names[1]} {shapes[1]}: they must be the same token table")
+    rows = torch.linspace(0, shapes[0][0] - 1, 64).long().unique()
+    if not torch.equal(first.tensor(names[0])[rows], second.tensor(names[1])[rows]):
+        raise CheckpointError(f"{names[0]} and {names[1]} differ: two token tables are not supported (they must be one, tied)")
 
 
 def load_scheduler_config(folder: Path) -> SchedulerConfig:

@@ -116,8 +116,8 @@ class Helios:
             ops = SequenceParallelOps(ops, parallel)
         text_device = torch.device("cpu") if offload != "none" else device
         # The text encoder and the VAE load on a second thread while this one fills the
-        # transformer: its copies release the GIL, so the text encoder's import (transformers)
-        # and their reads run meanwhile instead of after it.
+        # transformer: its copies release the GIL, so their reads (and the tokenizer's parse)
+        # run meanwhile instead of after it.
         backend = device_backend(device.type)
         warm = backend is not None and backend.compiles_on_first_use  # compiled there too, while the transformer fills
         with ThreadPoolExecutor(1, thread_name_prefix="helios-load") as pool:

@@ -5,49 +5,37 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # transformers and ftfy load where a prompt is first encoded, not at import
-    from transformers import UMT5EncoderModel
+from .loading import load_text_encoder
+from .tokenizer import T5PromptTokenizer, TransformersTokenizer
+from .umt5 import UMT5Encoder
 
 
 def clean_prompt(text: str) -> str:
-    import ftfy
+    import ftfy  # loads where a prompt is first encoded, not at import
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
 
 
 class TextEncoder:
-    def __init__(self, tokenizer, encoder: UMT5EncoderModel):
+    def __init__(self, tokenizer: T5PromptTokenizer | TransformersTokenizer, encoder: UMT5Encoder):
         self.tokenizer = tokenizer
         self.encoder = encoder
 
     @classmethod
     def load(cls, folder: Path, dtype: torch.dtype, device: torch.device) -> "TextEncoder":
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
-        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype).to(device)
-        return cls(tokenizer, encoder.eval().requires_grad_(False))
+        folder = Path(folder)
+        return cls(T5PromptTokenizer.load(folder / "tokenizer"), load_text_encoder(folder, dtype, device))
 
     @property
     def device(self) -> torch.device:
         return self.encoder.device
 
     def _tokens(self, prompts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.tokenizer(
-            [clean_prompt(p) for p in prompts],
-            padding="max_length",
-            max_length=max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return tokens.input_ids, tokens.attention_mask
+        return self.tokenizer([clean_prompt(p) for p in prompts], max_length)
 
     @staticmethod
     def _zero_padding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +49,7 @@ class TextEncoder:
         """(B, max_length, d_model) on the encoder's device; zeros past each prompt's tokens."""
         ids, mask = self._tokens(prompts, max_length)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        return self._zero_padding(self.encoder(ids, mask).last_hidden_state, mask)
+        return self._zero_padding(self.encoder(ids, mask), mask)
 
     @torch.no_grad()
     def encode_streamed(self, prompts: list[str], max_length: int, device: torch.device) -> torch.Tensor:
@@ -70,14 +58,14 @@ class TextEncoder:
         `device` only while it runs, so the device never holds more than one block (layer
         offload: the whole encoder would not fit the card it is for). Same states as `encode`."""
         ids, mask = self._tokens(prompts, max_length)
-        embeds = self.encoder.get_input_embeddings()(ids.to(self.device)).to(device)
+        embeds = self.encoder.shared(ids.to(self.device)).to(device)
         stack = self.encoder.encoder
         visits = [_Visit(block, device) for block in stack.block]
         handles = [h for v in visits for h in (v.block.register_forward_pre_hook(v.arrive), v.block.register_forward_hook(v.leave))]
         norm = _Visit(stack.final_layer_norm, device)
         norm.arrive()
         try:
-            states = self.encoder(inputs_embeds=embeds, attention_mask=mask.to(device)).last_hidden_state
+            states = stack(embeds, mask.to(device).bool())
         finally:
             for handle in handles:
                 handle.remove()

@@ -279,7 +279,7 @@ class Block(nn.Module):
         self.attn2 = Attention(dim, config.num_attention_heads, config.eps)
         self.norm2 = LayerNormParams(dim) if config.cross_attn_norm else None
         self.ffn = FeedForward(dim, config.ffn_dim)
-        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim).div_(dim**0.5))  # in place: on meta, "/" runs torch._refs, which imports torch._dynamo
 
     def forward(self, ops, x, text_kv, modulation, rope: Rope, history_len: int):
         """modulation: (B, R, 6, D) timestep projections; R = 2 gives history tokens their own row."""
@@ -304,7 +304,7 @@ class Block(nn.Module):
 class OutputNorm(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim).div_(dim**0.5))  # in place, as in Block
 
 
 class HeliosTransformer(nn.Module):

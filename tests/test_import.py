@@ -1,14 +1,15 @@
 """What importing the core's entry points loads: the heavy model libraries wait for a model.
 
-transformers (the UMT5 encoder) takes seconds to import; the CLI's argument checks, `--help` and
-the engines' request checks do not need it, so it loads with the text encoder. diffusers, as
-heavy, is not imported at all: the Wan VAE is our own module. PyAV loads where a video is read or
-written (issue 24's cold start; its timing lives in bench/, not here).
+Loading a model and generating import neither transformers nor diffusers: the UMT5 text encoder,
+its tokenizer and the Wan VAE are our own modules (transformers' UMT5 alone costs a fresh process seconds of imports,
+torch._dynamo among them). PyAV loads where a video is read or written (issue 24's cold start;
+its timing lives in bench/, not here).
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -60,3 +61,36 @@ def test_making_loading_and_running_a_model_never_imports_diffusers(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_loading_and_running_a_model_imports_no_transformers_and_no_torch_dynamo(tmp_path):
+    """The tiny folder is written in another process (writing it uses transformers' save_pretrained);
+    a fresh one then loads it and generates from text and from an image. No transformers module
+    (the text encoder and tokenizer are ours) and no torch._dynamo (which transformers' model code
+    imports, and so does torch on the meta device for some ops) may load. TORCHDYNAMO_DISABLE is
+    removed: it changes what torch does when dynamo is asked for, not whether it gets imported."""
+    make = f"from helios_backends.tiny import make_tiny; make_tiny({str(tmp_path / 'tiny')!r}, 'distilled')"
+    made = subprocess.run([sys.executable, "-c", make], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    script = (
+        "import sys\n"
+        "import torch\n"
+        "from PIL import Image\n"
+        "from helios_backends.pipeline import Helios\n"
+        "from helios_backends.request import GenerationRequest\n"
+        "def loaded():\n"
+        "    return sorted(m for m in sys.modules if m.split('.')[0] == 'transformers' or m.startswith('torch._dynamo'))\n"
+        "print(loaded())\n"
+        f"core = Helios.from_pretrained({str(tmp_path / 'tiny')!r})\n"
+        "print(loaded())\n"
+        "image = Image.new('RGB', (128, 64), (200, 40, 90))\n"
+        "for extra in ({}, {'image': image}):\n"
+        "    request = GenerationRequest(prompt='a fox', height=64, width=128, num_frames=33, pyramid_steps=(1, 1, 1), **extra)\n"
+        "    frames = torch.cat([chunk.frames for chunk in core.stream(request)], 1)\n"
+        "    assert frames.shape == (1, 33, 64, 128, 3), frames.shape\n"
+        "print(loaded())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHDYNAMO_DISABLE"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[]", "[]", "[]"]
