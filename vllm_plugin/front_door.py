@@ -102,3 +102,7 @@ def check_engine_options(od_config: Any) -> None:
         raise ValueError(f"--cache-backend {od_config.cache_backend}: cache backends are not supported by the Helios core; leave it unset")
     if od_config.enable_sleep_mode:
         raise ValueError(f"--enable-sleep-mode: {SLEEP_REFUSAL.removesuffix('; the server keeps serving')}")
+    for field, flag in (("vae_use_slicing", "--vae-use-slicing"), ("vae_use_tiling", "--vae-use-tiling")):
+        if getattr(od_config, field):
+            raise ValueError(f"{flag}: the Helios core decodes each chunk a few frames at a time already, not by "
+                             "diffusers' VAE slicing or tiling; leave it unset")
