@@ -3,6 +3,7 @@
     python bench/probe_load.py /tmp/h14
     python bench/probe_load.py FOLDER --device cpu     # smoke test: no pinned memory without CUDA
     python bench/probe_load.py /tmp/h14 --resident     # from_pretrained's parts, weights resident
+    python bench/probe_load.py /tmp/h14 --fills        # ways of filling the resident transformer
 
 Steps: the page-cache read; the transformer placed as layer offload places it (blocks in pinned
 host buffers, the rest on the GPU) and filled from the mapped files (what from_pretrained does);
@@ -40,10 +41,13 @@ def main():
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--resident", action="store_true", help="time each part of a resident from_pretrained instead")
+    parser.add_argument("--fills", action="store_true", help="time ways of filling a resident transformer from the files instead")
     args = parser.parse_args()
     folder, device = Path(args.folder), torch.device(args.device)
     if args.resident:
         return resident(folder, device)
+    if args.fills:
+        return fills(folder, device, args.threads)
     for path in sorted((folder / "transformer").glob("*.safetensors")):
         timed(f"page-cache read of {path.name}", path.read_bytes)
     model = build_transformer(folder, torch.bfloat16, default_ops(device), fuse=True)
@@ -66,6 +70,72 @@ def main():
     with ThreadPoolExecutor(args.threads) as pool:
         timed(f"pinned buffers alone, {args.threads} threads",
               lambda: list(pool.map(lambda _: torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=True), range(n))))
+
+
+def fills(folder: Path, device: torch.device, threads: int) -> None:
+    """The resident transformer's fill from page-cached files, three ways, each on fresh mappings:
+    copying from the memory map (each 4 KiB page faulted in by the copy: what loading does), the
+    same after populating each tensor's pages in one madvise(MADV_POPULATE_READ), and pread into
+    per-thread pinned buffers followed by an asynchronous copy (no mapping at all)."""
+    import os
+    import threading
+
+    from helios_backends.loading import SAFETENSORS_DTYPES, _MappedWeights, weight_files
+    from helios_backends.transformer import checkpoint_parameters
+
+    for path in sorted((folder / "transformer").glob("*.safetensors")):
+        path.read_bytes()
+    model = build_transformer(folder, torch.bfloat16, default_ops(device), fuse=True)
+    model.to_empty(device=device)
+    targets = checkpoint_parameters(model)
+    files = weight_files(folder / "transformer")
+    gib = sum(t.numel() * t.element_size() for t in targets.values()) / 2**30
+    largest = max(t.numel() * 4 for t in targets.values())
+
+    def run(label, copy, n):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(copy, sorted(files)))
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        print(f"{label}, {n} threads: {dt:.2f} s ({gib / dt:.1f} GiB/s of parameters)", flush=True)
+
+    for n in (threads, 2 * threads):
+        mapped = {p: _MappedWeights(p) for p in set(files.values())}
+        run("memory map, faulted by the copy", lambda name: targets[name].copy_(mapped[files[name]].tensor(name)), n)
+        mapped = {p: _MappedWeights(p) for p in set(files.values())}
+
+        def populated(name):
+            weights = mapped[files[name]]
+            begin, end = weights.entries[name]["data_offsets"]
+            first = (weights.start + begin) & ~4095
+            weights.map.madvise(22, first, weights.start + end - first)  # MADV_POPULATE_READ (Linux 5.14)
+            targets[name].copy_(weights.tensor(name))
+
+        run("memory map, populated per tensor", populated, n)
+        local = threading.local()
+        headers = {p: _MappedWeights(p) for p in set(files.values())}
+        fds = {p: os.open(p, os.O_RDONLY) for p in headers}
+
+        def pread(name):
+            if not hasattr(local, "buffer"):
+                local.buffer, local.stream = torch.empty(largest, dtype=torch.uint8, pin_memory=True), torch.cuda.Stream()
+            weights = headers[files[name]]
+            entry = weights.entries[name]
+            begin, end = entry["data_offsets"]
+            view = memoryview(local.buffer.numpy())
+            done = 0
+            while done < end - begin:
+                done += os.preadv(fds[files[name]], [view[done:end - begin]], weights.start + begin + done)
+            source = local.buffer[: end - begin].view(SAFETENSORS_DTYPES[entry["dtype"]]).view(entry["shape"])
+            with torch.cuda.stream(local.stream):
+                targets[name].copy_(source, non_blocking=True)
+            local.stream.synchronize()
+
+        run("pread into pinned buffers", pread, n)
+        for fd in fds.values():
+            os.close(fd)
 
 
 def resident(folder: Path, device: torch.device) -> None:

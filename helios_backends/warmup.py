@@ -22,6 +22,7 @@ from .fp8 import quantize_blocks
 from .loading import build_model
 from .transformer import FramePositions, History
 from .vae import WanVAE
+from .wan_decoder import DecoderCache
 
 LOG = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ def run_transformer_once(config: TransformerConfig, dtype: torch.dtype, ops, dev
 
 def run_decoder_once(vae: WanVAE) -> torch.Tensor:
     """Two latent frames decoded as a video's start, then two more continuing it."""
-    from .wan_decoder import DecoderCache  # with diffusers, loaded with the VAE
-
     latents = torch.zeros(1, vae.model.config.z_dim, 2, *GRID, device=vae.device, dtype=vae.dtype)
     cache = DecoderCache()
     vae.decode(latents, cache)
