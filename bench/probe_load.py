@@ -74,13 +74,10 @@ def main():
 
 def fills(folder: Path, device: torch.device, threads: int) -> None:
     """The resident transformer's fill from page-cached files, three ways, each on fresh mappings:
-    copying from the memory map (each 4 KiB page faulted in by the copy: what loading does), the
-    same after populating each tensor's pages in one madvise(MADV_POPULATE_READ), and pread into
-    per-thread pinned buffers followed by an asynchronous copy (no mapping at all)."""
-    import os
-    import threading
-
-    from helios_backends.loading import SAFETENSORS_DTYPES, _MappedWeights, weight_files
+    copying from the memory map (each 4 KiB page faulted in by the copy: loading before the pinned
+    slices), the same after populating each tensor's pages in one madvise(MADV_POPULATE_READ), and
+    loading's own fill (pread slices through each thread's pinned buffer)."""
+    from helios_backends.loading import _copy_tensors, _MappedWeights, weight_files
     from helios_backends.transformer import checkpoint_parameters
 
     for path in sorted((folder / "transformer").glob("*.safetensors")):
@@ -90,20 +87,23 @@ def fills(folder: Path, device: torch.device, threads: int) -> None:
     targets = checkpoint_parameters(model)
     files = weight_files(folder / "transformer")
     gib = sum(t.numel() * t.element_size() for t in targets.values()) / 2**30
-    largest = max(t.numel() * 4 for t in targets.values())
 
-    def run(label, copy, n):
+    def run(label, fill):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        with ThreadPoolExecutor(n) as pool:
-            list(pool.map(copy, sorted(files)))
+        fill()
         torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        print(f"{label}, {n} threads: {dt:.2f} s ({gib / dt:.1f} GiB/s of parameters)", flush=True)
+        print(f"{label}: {dt:.2f} s ({gib / dt:.1f} GiB/s of parameters)", flush=True)
 
-    for n in (threads, 2 * threads):
+    def pool_fill(copy):
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(copy, sorted(files)))
+
+    for _ in range(2):
         mapped = {p: _MappedWeights(p) for p in set(files.values())}
-        run("memory map, faulted by the copy", lambda name: targets[name].copy_(mapped[files[name]].tensor(name)), n)
+        run(f"memory map, faulted by the copy, {threads} threads",
+            lambda: pool_fill(lambda name: targets[name].copy_(mapped[files[name]].tensor(name))))
         mapped = {p: _MappedWeights(p) for p in set(files.values())}
 
         def populated(name):
@@ -113,29 +113,8 @@ def fills(folder: Path, device: torch.device, threads: int) -> None:
             weights.map.madvise(22, first, weights.start + end - first)  # MADV_POPULATE_READ (Linux 5.14)
             targets[name].copy_(weights.tensor(name))
 
-        run("memory map, populated per tensor", populated, n)
-        local = threading.local()
-        headers = {p: _MappedWeights(p) for p in set(files.values())}
-        fds = {p: os.open(p, os.O_RDONLY) for p in headers}
-
-        def pread(name):
-            if not hasattr(local, "buffer"):
-                local.buffer, local.stream = torch.empty(largest, dtype=torch.uint8, pin_memory=True), torch.cuda.Stream()
-            weights = headers[files[name]]
-            entry = weights.entries[name]
-            begin, end = entry["data_offsets"]
-            view = memoryview(local.buffer.numpy())
-            done = 0
-            while done < end - begin:
-                done += os.preadv(fds[files[name]], [view[done:end - begin]], weights.start + begin + done)
-            source = local.buffer[: end - begin].view(SAFETENSORS_DTYPES[entry["dtype"]]).view(entry["shape"])
-            with torch.cuda.stream(local.stream):
-                targets[name].copy_(source, non_blocking=True)
-            local.stream.synchronize()
-
-        run("pread into pinned buffers", pread, n)
-        for fd in fds.values():
-            os.close(fd)
+        run(f"memory map, populated per tensor, {threads} threads", lambda: pool_fill(populated))
+        run("loading's fill (pread slices through pinned buffers)", lambda: _copy_tensors(targets, folder / "transformer"))
 
 
 def resident(folder: Path, device: torch.device) -> None:

@@ -2,9 +2,11 @@
 
 The transformer, the VAE and the text encoder are built on the meta device, their parameters are
 then given their places (the device; or, under layer offload, the transformer's pinned host
-buffers and device-resident blocks) and each checkpoint tensor is copied once, from the
-memory-mapped safetensors straight into its place, cast on the way, on several threads: no host
-copy of the weights is made first.
+buffers and device-resident blocks) and each checkpoint tensor is copied into its place, cast on
+the way, on several threads, with no host copy of the whole weights: a GPU's tensors are read
+from the file in slices into each thread's small pinned buffer and copied from there (the DMA
+engine reads pinned memory directly, and no page of the file is mapped into the process), host
+tensors straight from the memory-mapped file.
 
 `plan_for_folder` validates a request against a folder's json files alone, for engines that
 check requests where no weights are loaded (an HTTP front end, a queue) or before loading them.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +44,7 @@ TEXT_WEIGHTS_NAME = "model.safetensors"  # transformers' names, in text_encoder/
 TEXT_INDEX_NAME = "model.safetensors.index.json"
 TOKEN_TABLE_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
 SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+STAGING_BYTES = 32 << 20  # each loading thread's pinned buffer, for a GPU's tensors
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -119,8 +123,8 @@ class _MappedWeights:
 
     def __init__(self, path: Path):
         self.path = path
-        with open(path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: reads share the page cache
+        self.file = open(path, "rb")  # noqa: SIM115 - close() closes it, after the threads' reads
+        self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_COPY)  # private: reads share the page cache
         try:
             size = int.from_bytes(self.map[:8], "little")
             header = json.loads(self.map[8 : 8 + size])
@@ -134,15 +138,41 @@ class _MappedWeights:
             raise CheckpointError(f"{self.path.name}: no tensor {name}, which the index places in it")
         return self.entries[name]["shape"]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        entry = self.entries[name]
-        dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    def dtype(self, name: str) -> torch.dtype:
+        dtype = SAFETENSORS_DTYPES.get(self.entries[name]["dtype"])
         if dtype is None:
-            raise CheckpointError(f"{self.path.name}: tensor {name} has dtype {entry['dtype']} (accepted: {list(SAFETENSORS_DTYPES)})")
+            raise CheckpointError(f"{self.path.name}: tensor {name} has dtype {self.entries[name]['dtype']} (accepted: {list(SAFETENSORS_DTYPES)})")
+        return dtype
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The tensor as a view of the mapped file."""
+        entry, dtype = self.entries[name], self.dtype(name)
         begin, end = entry["data_offsets"]
         if begin == end:
             return torch.empty(entry["shape"], dtype=dtype)
         return torch.frombuffer(self.map, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=self.start + begin).view(entry["shape"])
+
+    def slices(self, name: str, buffer: torch.Tensor):
+        """(first element, the next elements read into `buffer`) for each slice of the flattened
+        tensor that fits the uint8 host buffer: read with pread, so nothing is mapped. Each slice
+        must be used before the next is read into the same buffer."""
+        dtype = self.dtype(name)
+        begin, end = self.entries[name]["data_offsets"]
+        step = buffer.numel() // dtype.itemsize
+        view = memoryview(buffer.numpy())
+        for first in range(0, (end - begin) // dtype.itemsize, step):
+            nbytes = min(step * dtype.itemsize, end - begin - first * dtype.itemsize)
+            offset, done = self.start + begin + first * dtype.itemsize, 0
+            while done < nbytes:
+                read = os.preadv(self.file.fileno(), [view[done:nbytes]], offset + done)
+                if read == 0:
+                    raise CheckpointError(f"{self.path.name}: tensor {name} ends past the end of the file")
+                done += read
+            yield first, buffer[:nbytes].view(dtype)
+
+    def close(self) -> None:
+        """Close the file the slices read (the map goes with the last view of it)."""
+        self.file.close()
 
 
 def build_transformer(folder: Path, dtype: torch.dtype, ops, fuse: bool) -> HeliosTransformer:
@@ -187,12 +217,29 @@ def _copy_tensors(targets: dict[str, torch.Tensor], directory: Path, files: dict
         if tuple(shape) != tuple(targets[name].shape):
             raise CheckpointError(f"{path.name}: tensor {name} has shape {list(shape)}, the config needs {list(targets[name].shape)}")
 
-    def copy(name: str) -> None:
-        with torch.no_grad():  # grad mode is per thread
-            targets[name].copy_(mapped[files[name]].tensor(name))
+    staging = threading.local()
 
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(copy, sorted(files)))  # copies release the GIL: page-cache reads and casts overlap
+    def copy(name: str) -> None:
+        target, weights = targets[name], mapped[files[name]]
+        with torch.no_grad():  # grad mode is per thread
+            if target.device.type != "cuda":
+                target.copy_(weights.tensor(name))
+                return
+            if getattr(staging, "device", None) != target.device:
+                staging.device, staging.stream = target.device, torch.cuda.Stream(target.device)
+                staging.buffer = torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True)
+            flat = target.view(-1)
+            for first, part in weights.slices(name, staging.buffer):
+                with torch.cuda.stream(staging.stream):
+                    flat[first : first + part.numel()].copy_(part, non_blocking=True)
+                staging.stream.synchronize()  # before the buffer takes the next slice
+
+    try:
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(copy, sorted(files)))  # reads and copies release the GIL: they overlap
+    finally:
+        for weights in mapped.values():
+            weights.close()
 
 
 def load_transformer(folder: Path, dtype: torch.dtype, device: torch.device, ops=None) -> HeliosTransformer:

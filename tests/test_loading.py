@@ -122,6 +122,25 @@ def test_the_fused_cuda_layout_loads_the_checkpoints_q_k_v_into_its_rows(checkpo
     assert torch.equal(attn2.to_kv.bias, torch.cat([ref[f"blocks.1.attn2.to_{p}.bias"] for p in "kv"]))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_tensor_read_in_slices_through_a_small_buffer_is_the_files_tensor(tmp_path, dtype):
+    """A GPU's tensors arrive through a pinned buffer smaller than most of them, slice by slice:
+    together the slices are the tensor, element for element, whatever the boundaries."""
+    from helios_backends.loading import _MappedWeights
+
+    tensors = {"a": torch.randn(7, 13).to(dtype), "b": torch.randn(5).to(dtype), "c": torch.randn(3, 3).to(dtype)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    weights = _MappedWeights(tmp_path / "w.safetensors")
+    for nbytes in (8, 12, 64, 4096):  # even and uneven counts of elements per slice; one slice for all
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        for name, tensor in tensors.items():
+            flat = torch.full((tensor.numel(),), float("nan"), dtype=dtype)
+            for first, part in weights.slices(name, buffer):
+                flat[first : first + part.numel()] = part
+            assert torch.equal(flat.view(tensor.shape), tensor), (name, nbytes)
+    weights.close()
+
+
 def test_missing_shard_is_named(folder):
     shard = shard_of(folder, "proj_out.weight")
     shard.unlink()

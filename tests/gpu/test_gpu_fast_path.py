@@ -38,6 +38,22 @@ def gpu_cores(checkpoints):
     return graphed, eager
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_weights_loaded_onto_the_gpu_through_pinned_slices_equal_the_files(checkpoints, monkeypatch, dtype):
+    """The fill's pinned buffer is made smaller than most tensors here, so each arrives in several
+    slices: every parameter (fp32 modules cast on the way, q/k/v in their fused rows) equals the
+    one loaded on the CPU straight from the mapped file."""
+    from helios_backends import loading
+
+    folder, _ = checkpoints["mid"]
+    on_cpu = loading.load_transformer(folder, dtype, torch.device("cpu"))
+    monkeypatch.setattr(loading, "STAGING_BYTES", 1000)
+    on_gpu = loading.load_transformer(folder, dtype, torch.device("cuda"))
+    expected = loading.checkpoint_parameters(on_cpu)
+    for name, param in loading.checkpoint_parameters(on_gpu).items():
+        assert param.dtype == expected[name].dtype and torch.equal(param.cpu(), expected[name]), name
+
+
 def test_gpu_a_second_request_with_a_new_prompt_replays_the_graphs_of_the_first(gpu_cores):
     graphed, eager = gpu_cores
     latents(graphed, request("a fox", 0))
