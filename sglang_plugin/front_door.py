@@ -112,6 +112,14 @@ REFUSED_LORA_ARGS = {
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
+# Pipeline-config field -> (flag, default): SGLang's VAE switches. The core decodes each chunk as
+# it is denoised, one latent frame per pass of the upsampled layers, in --vae-precision.
+REFUSED_VAE_OPTIONS = {
+    "vae_tiling": ("--vae-tiling", False),
+    "vae_slicing": ("--vae-slicing", False),
+    "vae_sp": ("--vae-sp", False),
+    "vae_decode_precision": ("--vae-decode-precision", None),
+}
 MAX_CHECKED_BODY = 128 * 1024 * 1024
 
 
@@ -366,6 +374,12 @@ def check_engine_options(server_args: Any) -> None:
         value = getattr(server_args, name, default)
         if value not in (default, None):
             raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
+    config = getattr(server_args, "pipeline_config", None)
+    for name, (flag, default) in REFUSED_VAE_OPTIONS.items():
+        value = getattr(config, name, default)
+        if value not in (default, None):
+            raise ValueError(f"{flag} {value!r}: not supported by the Helios core (it decodes each chunk as it is denoised, "
+                             "a latent frame per pass; --vae-precision sets the VAE's precision); leave it unset")
     mode = getattr(server_args, "lora_merge_mode", "auto")
     if mode not in MERGE_MODES:
         raise ValueError(f"--lora-merge-mode {mode}: {ALWAYS_MERGED} (accepted: {', '.join(MERGE_MODES)})")
