@@ -24,7 +24,7 @@ from .session import ChunkOutput, Keep, PendingFrames, Session
 from .text import TextEncoder
 from .transformer import HeliosTransformer
 from .vae import WanVAE, to_uint8_frames
-from .warmup import compile_kernels
+from .warmup import compile_decoder_kernels, compile_transformer_kernels
 
 
 class Helios:
@@ -118,13 +118,19 @@ class Helios:
         # The text encoder and the VAE load on a second thread while this one fills the
         # transformer: its copies release the GIL, so their reads (and the tokenizer's parse)
         # run meanwhile instead of after it.
+        # Where kernels compile on first use, a third thread compiles the transformer's from the
+        # start (on tiny inputs: no weights needed) and the VAE's thread the decoder's once it loads.
         backend = device_backend(device.type)
-        warm = backend is not None and backend.compiles_on_first_use  # compiled there too, while the transformer fills
-        with ThreadPoolExecutor(1, thread_name_prefix="helios-load") as pool:
-            others = pool.submit(_load_text_and_vae, folder, dtype, text_device, vae_dtype, device, vae_frames_per_call,
-                                 (kernel_ops, quantization) if warm else None)
+        warm = backend is not None and backend.compiles_on_first_use
+        with ThreadPoolExecutor(2, thread_name_prefix="helios-load") as pool:
+            if warm:
+                config = TransformerConfig.from_json(folder / "transformer" / "config.json")
+                kernels = pool.submit(compile_transformer_kernels, config, dtype, kernel_ops, device, quantization)
+            others = pool.submit(_load_text_and_vae, folder, dtype, text_device, vae_dtype, device, vae_frames_per_call, warm)
             transformer, layers = _place_transformer(folder, dtype, device, ops, offload, offload_slots, offload_resident, quantization)
             text_encoder, vae = others.result()
+            if warm:
+                kernels.result()
         if parallel is not None:
             parallel.config.validate(transformer.config.num_attention_heads)
         return cls(transformer, pipeline, scheduler, text_encoder, vae, parallel, cuda_graphs, offload, layers, probe)
@@ -347,10 +353,9 @@ def _place_transformer(folder: Path, dtype: torch.dtype, device: torch.device, o
 
 
 def _load_text_and_vae(folder: Path, dtype: torch.dtype, text_device: torch.device, vae_dtype: torch.dtype, device: torch.device,
-                       vae_frames_per_call: int | None, warm: tuple | None) -> tuple[TextEncoder, WanVAE]:
-    """warm: (ops, quantization) to compile the kernels once the VAE is loaded (helios_backends.warmup)."""
+                       vae_frames_per_call: int | None, warm: bool) -> tuple[TextEncoder, WanVAE]:
+    """warm: compile the decoder's kernels once the VAE is loaded (helios_backends.warmup)."""
     vae = WanVAE.load(folder, vae_dtype, device, frames_per_call=vae_frames_per_call)
-    if warm is not None:
-        ops, quantization = warm
-        compile_kernels(TransformerConfig.from_json(folder / "transformer" / "config.json"), dtype, ops, vae, quantization)
+    if warm:
+        compile_decoder_kernels(vae)
     return TextEncoder.load(folder, dtype, text_device), vae

@@ -6,7 +6,8 @@ follow from the model's widths and dtypes, not from its weights or a request's s
 do not specialize on token or position counts), so the model's own code run once on tiny inputs
 compiles them all: a one-block transformer with zeroed weights, with history tokens as every
 chunk has them, and the VAE decoder on a short latent, first as a video's start and then
-continuing it. `compile_kernels` runs that; from_pretrained calls it while the weights are read.
+continuing it. from_pretrained runs the transformer's on a thread of its own from the start and the
+decoder's once the VAE is loaded, while the weights are read.
 """
 
 from __future__ import annotations
@@ -31,21 +32,30 @@ GRID = (4, 4)
 HISTORY_SIZES = (4, 2, 1)
 
 
-def compile_kernels(config: TransformerConfig, dtype: torch.dtype, ops, vae: WanVAE, quantization: str | None) -> None:
-    """Run the transformer's and the decoder's code once on tiny inputs (from_pretrained calls it
-    on its loading thread while the transformer's weights are copied). A failure costs only the
-    head start (the kernels then compile on first use, as without it), so it is logged, not raised."""
-    cuda = vae.device.type == "cuda"
+def compile_transformer_kernels(config: TransformerConfig, dtype: torch.dtype, ops, device: torch.device, quantization: str | None) -> None:
+    """Run the transformer's code once on tiny inputs. It needs no weights, so from_pretrained
+    starts it on a thread of its own as loading begins."""
+    _warm(device, lambda: run_transformer_once(config, dtype, ops, device, quantization))
+
+
+def compile_decoder_kernels(vae: WanVAE) -> None:
+    """Run the VAE decoder's code once on tiny inputs (from_pretrained: once the VAE is loaded)."""
+    _warm(vae.device, lambda: run_decoder_once(vae))
+
+
+def _warm(device: torch.device, run) -> None:
+    """A failure costs only the head start (the kernels then compile on first use, as without
+    it), so it is logged, not raised."""
+    cuda = device.type == "cuda"
     try:
-        with torch.cuda.device(vae.device) if cuda else nullcontext(), torch.no_grad():  # a thread's CUDA device is its own
-            run_transformer_once(config, dtype, ops, vae.device, quantization)
-            run_decoder_once(vae)
+        with torch.cuda.device(device) if cuda else nullcontext(), torch.no_grad():  # a thread's CUDA device is its own
+            run()
             if cuda:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
     except Exception as error:  # noqa: BLE001 - see the docstring
         LOG.warning("compiling the kernels ahead of the first request failed (they compile on first use): %r", error)
     if cuda:
-        torch.cuda.empty_cache()  # the one-block model's memory, back to the device
+        torch.cuda.empty_cache()  # the tiny run's memory, back to the device
 
 
 def run_transformer_once(config: TransformerConfig, dtype: torch.dtype, ops, device: torch.device, quantization: str | None) -> torch.Tensor:
