@@ -112,6 +112,12 @@ REFUSED_LORA_ARGS = {
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
+# ServerArgs field -> (flag, default, why): SGLang's kernel and compile choices, which the core makes itself.
+REFUSED_RUNTIME_ARGS = {
+    "attention_backend": ("--attention-backend", None, "the core picks its attention kernel for the device"),
+    "enable_torch_compile": ("--enable-torch-compile", False, "on CUDA the core runs its own fused kernels and CUDA graphs"),
+    "enable_breakable_cuda_graph": ("--enable-breakable-cuda-graph", False, "on CUDA the core captures its own CUDA graphs"),
+}
 # Pipeline-config field -> (flag, default): SGLang's VAE switches. The core decodes each chunk as
 # it is denoised, one latent frame per pass of the upsampled layers, in --vae-precision.
 REFUSED_VAE_OPTIONS = {
@@ -370,7 +376,7 @@ def check_engine_options(server_args: Any) -> None:
         value = getattr(server_args, name, default)
         if value not in (default, None):
             raise ValueError(f"{flag} {value!r}: not supported by the Helios core (it runs the checkpoint's own weights); leave it unset")
-    for name, (flag, default, why) in REFUSED_LORA_ARGS.items():
+    for name, (flag, default, why) in {**REFUSED_LORA_ARGS, **REFUSED_RUNTIME_ARGS}.items():
         value = getattr(server_args, name, default)
         if value not in (default, None):
             raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
