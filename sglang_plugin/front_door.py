@@ -112,9 +112,9 @@ REFUSED_LORA_ARGS = {
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
-# ServerArgs field -> (flag, default, why): SGLang's kernel and compile choices, which the core makes itself.
+# ServerArgs field -> (flag, default, why): SGLang's compile choices, which the core makes itself. (Not
+# --attention-backend: SGLang sets it by itself, to "fa" for ring attention, so it cannot tell a user's.)
 REFUSED_RUNTIME_ARGS = {
-    "attention_backend": ("--attention-backend", None, "the core picks its attention kernel for the device"),
     "enable_torch_compile": ("--enable-torch-compile", False, "on CUDA the core runs its own fused kernels and CUDA graphs"),
     "enable_breakable_cuda_graph": ("--enable-breakable-cuda-graph", False, "on CUDA the core captures its own CUDA graphs"),
 }
