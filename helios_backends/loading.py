@@ -287,12 +287,16 @@ def _check_same_table(files: dict[str, Path], names: list[str]) -> None:
     which this single-table encoder cannot run), comparing a spread of rows rather than reading
     both whole tables (2 GB each in UMT5-XXL)."""
     first, second = (_MappedWeights(files[name]) for name in names)
-    shapes = first.shape(names[0]), second.shape(names[1])
-    if shapes[0] != shapes[1]:
-        raise CheckpointError(f"{names[0]} has shape {shapes[0]}, {names[1]} {shapes[1]}: they must be the same token table")
-    rows = torch.linspace(0, shapes[0][0] - 1, 64).long().unique()
-    if not torch.equal(first.tensor(names[0])[rows], second.tensor(names[1])[rows]):
-        raise CheckpointError(f"{names[0]} and {names[1]} differ: two token tables are not supported (they must be one, tied)")
+    try:
+        shapes = first.shape(names[0]), second.shape(names[1])
+        if shapes[0] != shapes[1]:
+            raise CheckpointError(f"{names[0]} has shape {shapes[0]}, {names[1]} {shapes[1]}: they must be the same token table")
+        rows = torch.linspace(0, shapes[0][0] - 1, 64).long().unique()
+        if not torch.equal(first.tensor(names[0])[rows], second.tensor(names[1])[rows]):
+            raise CheckpointError(f"{names[0]} and {names[1]} differ: two token tables are not supported (they must be one, tied)")
+    finally:
+        first.close()
+        second.close()
 
 
 def load_scheduler_config(folder: Path) -> SchedulerConfig:

@@ -100,25 +100,33 @@ REFUSED_REQUEST_FIELDS = {
     "lora_nickname": NO_REQUEST_LORA,
 }
 UPLOAD_FIELDS = frozenset({"input_reference", "video_reference"})
-# ServerArgs field -> (flag, default): start-up options the core has no counterpart for.
+# Each table: field -> (flag, default, why), refused when set to anything but the default or None.
+OWN_WEIGHTS = "it runs the checkpoint's own weights"
+# ServerArgs fields: start-up options the core has no counterpart for.
 REFUSED_SERVER_ARGS = {
-    "component_quantizations": ("--component-quantizations", {}),
-    "transformer_weights_path": ("--transformer-weights-path", None),
-    "cache_dit_config": ("--cache-dit-config", None),
+    "component_quantizations": ("--component-quantizations", {}, OWN_WEIGHTS),
+    "transformer_weights_path": ("--transformer-weights-path", None, OWN_WEIGHTS),
+    "cache_dit_config": ("--cache-dit-config", None, OWN_WEIGHTS),
 }
-# ServerArgs field -> (flag, default, why): SGLang LoRA options the core's merge cannot honour.
+# ServerArgs fields: SGLang LoRA options the core's merge cannot honour.
 REFUSED_LORA_ARGS = {
     "lora_alpha": ("--lora-alpha", None, ALPHA_FROM_FILE),
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
-# Pipeline-config field -> (flag, default): SGLang's VAE switches. The core decodes each chunk as
-# it is denoised, one latent frame per pass of the upsampled layers, in --vae-precision.
+# ServerArgs fields: SGLang's compile choices, which the core makes itself. (Not
+# --attention-backend: SGLang sets it by itself, to "fa" for ring attention, so it cannot tell a user's.)
+REFUSED_RUNTIME_ARGS = {
+    "enable_torch_compile": ("--enable-torch-compile", False, "on CUDA the core runs its own fused kernels and CUDA graphs"),
+    "enable_breakable_cuda_graph": ("--enable-breakable-cuda-graph", False, "on CUDA the core captures its own CUDA graphs"),
+}
+# Pipeline-config fields: SGLang's VAE switches, for a decode the core does its own way.
+OWN_DECODE = "it decodes each chunk as it is denoised, a latent frame per pass; --vae-precision sets the VAE's precision"
 REFUSED_VAE_OPTIONS = {
-    "vae_tiling": ("--vae-tiling", False),
-    "vae_slicing": ("--vae-slicing", False),
-    "vae_sp": ("--vae-sp", False),
-    "vae_decode_precision": ("--vae-decode-precision", None),
+    "vae_tiling": ("--vae-tiling", False, OWN_DECODE),
+    "vae_slicing": ("--vae-slicing", False, OWN_DECODE),
+    "vae_sp": ("--vae-sp", False, OWN_DECODE),
+    "vae_decode_precision": ("--vae-decode-precision", None, OWN_DECODE),
 }
 MAX_CHECKED_BODY = 128 * 1024 * 1024
 
@@ -366,23 +374,19 @@ def core_quantization(server_args: Any) -> str | None:
 def check_engine_options(server_args: Any) -> None:
     """Refuse, at start-up, engine options the Helios core would otherwise ignore, naming the flag."""
     core_quantization(server_args)
-    for name, (flag, default) in REFUSED_SERVER_ARGS.items():
-        value = getattr(server_args, name, default)
-        if value not in (default, None):
-            raise ValueError(f"{flag} {value!r}: not supported by the Helios core (it runs the checkpoint's own weights); leave it unset")
-    for name, (flag, default, why) in REFUSED_LORA_ARGS.items():
-        value = getattr(server_args, name, default)
-        if value not in (default, None):
-            raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
-    config = getattr(server_args, "pipeline_config", None)
-    for name, (flag, default) in REFUSED_VAE_OPTIONS.items():
-        value = getattr(config, name, default)
-        if value not in (default, None):
-            raise ValueError(f"{flag} {value!r}: not supported by the Helios core (it decodes each chunk as it is denoised, "
-                             "a latent frame per pass; --vae-precision sets the VAE's precision); leave it unset")
+    _refuse_set(server_args, {**REFUSED_SERVER_ARGS, **REFUSED_LORA_ARGS, **REFUSED_RUNTIME_ARGS})
+    _refuse_set(getattr(server_args, "pipeline_config", None), REFUSED_VAE_OPTIONS)
     mode = getattr(server_args, "lora_merge_mode", "auto")
     if mode not in MERGE_MODES:
         raise ValueError(f"--lora-merge-mode {mode}: {ALWAYS_MERGED} (accepted: {', '.join(MERGE_MODES)})")
+
+
+def _refuse_set(source: Any, refused: dict[str, tuple[str, Any, str]]) -> None:
+    """Raise naming the first field of `refused` that `source` sets to anything but its default or None."""
+    for name, (flag, default, why) in refused.items():
+        value = getattr(source, name, default)
+        if value not in (default, None):
+            raise ValueError(f"{flag} {value!r}: not supported by the Helios core ({why}); leave it unset")
 
 
 def _upload_dirs() -> list[Path]:

@@ -38,40 +38,19 @@ def test_importing_the_core_imports_no_kernel_package(module):
     assert loaded_after_import(module, KERNEL_PACKAGES) == []
 
 
-def test_making_loading_and_running_a_model_never_imports_diffusers(tmp_path):
-    """The Wan VAE is our own module (helios_backends.wan_vae): writing the tiny folder, loading it,
-    generating from text and from an image (a VAE encode) and decoding load no diffusers module."""
-    script = (
-        "import sys\n"
-        "import torch\n"
-        "from PIL import Image\n"
-        "from helios_backends.pipeline import Helios\n"
-        "from helios_backends.request import GenerationRequest\n"
-        "from helios_backends.tiny import make_tiny\n"
-        f"folder = make_tiny({str(tmp_path / 'tiny')!r}, 'distilled')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))\n"
-        "core = Helios.from_pretrained(folder)\n"
-        "image = Image.new('RGB', (128, 64), (200, 40, 90))\n"
-        "for extra in ({}, {'image': image}):\n"
-        "    request = GenerationRequest(prompt='a fox', height=64, width=128, num_frames=33, pyramid_steps=(1, 1, 1), **extra)\n"
-        "    frames = torch.cat([chunk.frames for chunk in core.stream(request)], 1)\n"
-        "    assert frames.shape == (1, 33, 64, 128, 3), frames.shape\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["[]", "[]"]
-
-
-def test_loading_and_running_a_model_imports_no_transformers_and_no_torch_dynamo(tmp_path):
-    """The tiny folder is written in another process (writing it uses transformers' save_pretrained);
-    a fresh one then loads it and generates from text and from an image. No transformers module
-    (the text encoder and tokenizer are ours) and no torch._dynamo (which transformers' model code
-    imports, and so does torch on the meta device for some ops) may load. TORCHDYNAMO_DISABLE is
-    removed: it changes what torch does when dynamo is asked for, not whether it gets imported."""
-    make = f"from helios_backends.tiny import make_tiny; make_tiny({str(tmp_path / 'tiny')!r}, 'distilled')"
+def test_loading_and_running_a_model_imports_no_diffusers_transformers_or_torch_dynamo(tmp_path):
+    """The tiny folder is written in one process, which loads no diffusers (its VAE is our
+    helios_backends.wan_vae; writing the text encoder uses transformers' save_pretrained). A fresh
+    process then loads it and generates from text and from an image (a VAE encode): no diffusers,
+    no transformers (the text encoder and tokenizer are ours) and no torch._dynamo (which
+    transformers' model code imports, and torch on the meta device for some ops) may load.
+    TORCHDYNAMO_DISABLE is removed: it changes what torch does when dynamo is asked for, not
+    whether it gets imported."""
+    make = (f"import sys; from helios_backends.tiny import make_tiny; make_tiny({str(tmp_path / 'tiny')!r}, 'distilled'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))")
     made = subprocess.run([sys.executable, "-c", make], capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-2000:]
+    assert made.stdout.splitlines() == ["[]"]
     script = (
         "import sys\n"
         "import torch\n"
@@ -79,7 +58,7 @@ def test_loading_and_running_a_model_imports_no_transformers_and_no_torch_dynamo
         "from helios_backends.pipeline import Helios\n"
         "from helios_backends.request import GenerationRequest\n"
         "def loaded():\n"
-        "    return sorted(m for m in sys.modules if m.split('.')[0] == 'transformers' or m.startswith('torch._dynamo'))\n"
+        "    return sorted(m for m in sys.modules if m.split('.')[0] in ('diffusers', 'transformers') or m.startswith('torch._dynamo'))\n"
         "print(loaded())\n"
         f"core = Helios.from_pretrained({str(tmp_path / 'tiny')!r})\n"
         "print(loaded())\n"

@@ -106,3 +106,12 @@ def check_engine_options(od_config: Any) -> None:
         if getattr(od_config, field):
             raise ValueError(f"{flag}: the Helios core decodes each chunk a few frames at a time already, not by "
                              "diffusers' VAE slicing or tiling; leave it unset")
+    if od_config.vae_fast_path != "lossless":
+        raise ValueError(f"--vae-fast-path {od_config.vae_fast_path}: the Helios core's chunk decoder has its own fused path "
+                         "(--additional-config helios.vae_dtype sets its precision); leave it unset")
+    attention = od_config.diffusion_attention_config
+    if attention.default is not None or attention.per_role:
+        raise ValueError("--diffusion-attention-backend / --diffusion-attention-config: the Helios core picks its attention "
+                         "kernel for the device; leave them unset")
+    if od_config.fa_deterministic:
+        raise ValueError("--fa-deterministic: the Helios core picks its attention kernel for the device; leave it unset")

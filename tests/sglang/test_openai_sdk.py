@@ -134,7 +134,9 @@ def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_fol
                            ({"lora_path": "/tmp/lora", "lora_alpha": 8}, "--lora-alpha"),
                            ({"lora_path": "/tmp/lora", "lora_weight_name": "a.safetensors"}, "--lora-weight-name"),
                            ({"vae_tiling": True}, "--vae-tiling"), ({"vae_slicing": True}, "--vae-slicing"),
-                           ({"vae_sp": True}, "--vae-sp"), ({"vae_decode_precision": "bf16"}, "--vae-decode-precision")):
+                           ({"vae_sp": True}, "--vae-sp"), ({"vae_decode_precision": "bf16"}, "--vae-decode-precision"),
+                           ({"enable_torch_compile": True}, "--enable-torch-compile"),
+                           ({"enable_breakable_cuda_graph": True}, "--enable-breakable-cuda-graph")):
         with pytest.raises(ValueError, match=flag):
             ServerArgs.from_kwargs(model_path=str(tiny_folders[VARIANT]), **settings)
 

@@ -95,7 +95,10 @@ def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_fol
     # --lora-path is served since LoRA support (tests/vllm/test_lora.py), no longer refused here.
     for settings, flag in (({"quantization": "int8"}, "--quantization int8"), ({"cache_backend": "tea_cache"}, "--cache-backend"),
                            ({"enable_sleep_mode": True}, "--enable-sleep-mode"), ({"vae_use_slicing": True}, "--vae-use-slicing"),
-                           ({"vae_use_tiling": True}, "--vae-use-tiling")):
+                           ({"vae_use_tiling": True}, "--vae-use-tiling"), ({"vae_fast_path": "off"}, "--vae-fast-path"),
+                           ({"diffusion_attention_backend": "FLASH_ATTN"}, "--diffusion-attention-backend"),
+                           ({"diffusion_attention_config": {"per_role": {"cross": {"backend": "SDPA"}}}}, "--diffusion-attention-config"),
+                           ({"fa_deterministic": True}, "--fa-deterministic")):
         with pytest.raises(ValueError, match=flag):
             check_engine_options(OmniDiffusionConfig.from_kwargs(model=str(tiny_folders["distilled"]), **settings))
 
