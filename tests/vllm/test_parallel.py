@@ -19,11 +19,11 @@ from helios_vllm.pipeline import core_parallel_config
 
 from .test_offline import offline
 
-# 4 heads so Ulysses can split them; 64x256 so every component's tokens divide by 2.
+# 4 heads so Ulysses can split them; 64x128 so every component's tokens divide by 2 (64x64: 9 at stage 1).
 PARALLEL_TRANSFORMER = dataclasses.replace(TINY_TRANSFORMER, num_attention_heads=4, attention_head_dim=16, is_amplify_history=True)
 FIELDS = {
-    "base": dict(prompt="a kite", height=64, width=256, num_frames=40, num_inference_steps=2, guidance_scale=4.0, seed=1),
-    "distilled": dict(prompt="a kite", height=64, width=256, num_frames=40, pyramid_steps=(1, 1, 1), seed=3),
+    "base": dict(prompt="a kite", height=64, width=128, num_frames=40, num_inference_steps=2, guidance_scale=4.0, seed=1),
+    "distilled": dict(prompt="a kite", height=64, width=128, num_frames=40, pyramid_steps=(1, 1, 1), seed=3),
 }
 CASES = [("ulysses2", {"ulysses_degree": 2}, "distilled"), ("ring2", {"ring_degree": 2}, "distilled"),
          ("cfg2", {"cfg_parallel_size": 2}, "base")]

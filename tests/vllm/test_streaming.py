@@ -136,7 +136,7 @@ def test_with_two_parallel_workers_a_live_change_gives_the_video_of_the_schedule
     two prompts in one step and the video would differ from the schedule's."""
     server, steps = parallel_server
     url = server.url.replace("http://", "ws://") + "/v1/realtime/video"
-    start = {"prompt": "a kite", "width": 256, "height": 64, "num_frames": 99, "seed": 3, **steps}
+    start = {"prompt": "a kite", "width": 128, "height": 64, "num_frames": 99, "seed": 3, **steps}
     change = {"type": "session.interaction",
               "interaction": {"event_id": "gust", "event": {"prompt": "a kite in a gust of wind"}, "transition_chunks": 1}}
     replies = []
