@@ -114,8 +114,8 @@ REFUSED_LORA_ARGS = {
     "lora_weight_name": ("--lora-weight-name", None, "give --lora-path the .safetensors file itself"),
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
-# ServerArgs fields: SGLang's compile choices, which the core makes itself. (Not
-# --attention-backend: SGLang sets it by itself, to "fa" for ring attention, so it cannot tell a user's.)
+OWN_ATTENTION = "it runs its own attention kernels, and its own ring and Ulysses attention over SGLang's process groups"
+# ServerArgs fields: SGLang's compile choices, which the core makes itself (--attention-backend: _check_attention).
 REFUSED_RUNTIME_ARGS = {
     "enable_torch_compile": ("--enable-torch-compile", False, "on CUDA the core runs its own fused kernels and CUDA graphs"),
     "enable_breakable_cuda_graph": ("--enable-breakable-cuda-graph", False, "on CUDA the core captures its own CUDA graphs"),
@@ -376,9 +376,26 @@ def check_engine_options(server_args: Any) -> None:
     core_quantization(server_args)
     _refuse_set(server_args, {**REFUSED_SERVER_ARGS, **REFUSED_LORA_ARGS, **REFUSED_RUNTIME_ARGS})
     _refuse_set(getattr(server_args, "pipeline_config", None), REFUSED_VAE_OPTIONS)
+    _check_attention(server_args)
     mode = getattr(server_args, "lora_merge_mode", "auto")
     if mode not in MERGE_MODES:
         raise ValueError(f"--lora-merge-mode {mode}: {ALWAYS_MERGED} (accepted: {', '.join(MERGE_MODES)})")
+
+
+def _check_attention(server_args: Any) -> None:
+    """Refuse a user's attention backend: the core runs its own attention kernels.
+
+    SGLang fills --attention-backend by itself in two cases (fa when ring attention is asked for,
+    aiter on ROCm), so those values pass: they cannot be told from a user's.
+    """
+    from sglang.multimodal_gen.runtime.platforms import current_platform
+
+    own = {None, *(["fa"] if (getattr(server_args, "ring_degree", 1) or 1) > 1 else []), *(["aiter"] if current_platform.is_rocm() else [])}
+    value = getattr(server_args, "attention_backend", None)
+    if value not in own:
+        raise ValueError(f"--attention-backend {value!r}: not supported by the Helios core ({OWN_ATTENTION}); leave it unset")
+    if getattr(server_args, "component_attention_backends", None) or getattr(server_args, "component_attention_backend_roles", None):
+        raise ValueError(f"--component-attention-backends: not supported by the Helios core ({OWN_ATTENTION}); leave it unset")
 
 
 def _refuse_set(source: Any, refused: dict[str, tuple[str, Any, str]]) -> None:

@@ -136,7 +136,10 @@ def test_start_up_refuses_engine_options_the_core_lacks_naming_the_flag(tiny_fol
                            ({"vae_tiling": True}, "--vae-tiling"), ({"vae_slicing": True}, "--vae-slicing"),
                            ({"vae_sp": True}, "--vae-sp"), ({"vae_decode_precision": "bf16"}, "--vae-decode-precision"),
                            ({"enable_torch_compile": True}, "--enable-torch-compile"),
-                           ({"enable_breakable_cuda_graph": True}, "--enable-breakable-cuda-graph")):
+                           ({"enable_breakable_cuda_graph": True}, "--enable-breakable-cuda-graph"),
+                           ({"attention_backend": "torch_sdpa"}, "--attention-backend 'torch_sdpa'"),
+                           ({"attention_backend": "fa"}, "--attention-backend 'fa'"),  # without ring attention: the user's
+                           ({"component_attention_backends": {"transformer": "torch_sdpa"}}, "--component-attention-backends")):
         with pytest.raises(ValueError, match=flag):
             ServerArgs.from_kwargs(model_path=str(tiny_folders[VARIANT]), **settings)
 
