@@ -23,11 +23,11 @@ from helios_backends.tiny import TINY_TRANSFORMER, make_tiny
 
 from .conftest import core_frames, engine_env
 
-# 4 heads so Ulysses can split them; 64x256 so every component's tokens divide by 2.
+# 4 heads so Ulysses can split them; 64x128 so every component's tokens divide by 2 (64x64: 9 at stage 1).
 PARALLEL_TRANSFORMER = dataclasses.replace(TINY_TRANSFORMER, num_attention_heads=4, attention_head_dim=16, is_amplify_history=True)
 REQUESTS = {
-    "base": dict(prompt="a kite", height=64, width=256, num_frames=33, num_inference_steps=2, guidance_scale=4.0, seed=1),
-    "distilled": dict(prompt="a kite", height=64, width=256, num_frames=33, seed=3),
+    "base": dict(prompt="a kite", height=64, width=128, num_frames=33, num_inference_steps=2, guidance_scale=4.0, seed=1),
+    "distilled": dict(prompt="a kite", height=64, width=128, num_frames=33, seed=3),
 }
 SCRIPT = Path(__file__).with_name("offline_frames.py")
 

@@ -155,7 +155,7 @@ def test_two_sequence_parallel_workers_apply_a_live_change_at_the_same_chunk(par
     folder = parallel_folders["distilled"]
     server = start_server(folder, fp32_config, tmp_path, "--num-gpus", "2", "--ulysses-degree", "2")
     try:
-        start = {"prompt": "a kite", "height": 64, "width": 256, "seed": 3}
+        start = {"prompt": "a kite", "height": 64, "width": 128, "seed": 3}
         result = _session(server, {**start, "max_chunks": 2}, after_init=[_event(9, prompt="a storm", transition_chunks=1)])
     finally:
         server.stop()
