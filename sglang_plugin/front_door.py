@@ -115,8 +115,11 @@ REFUSED_LORA_ARGS = {
     "lora_target_modules": ("--lora-target-modules", None, "the core merges every module the adapter holds"),
 }
 OWN_ATTENTION = "it runs its own attention kernels, and its own ring and Ulysses attention over SGLang's process groups"
-# ServerArgs fields: SGLang's compile choices, which the core makes itself (--attention-backend: _check_attention).
+# ServerArgs fields: SGLang's attention and compile choices, which the core makes itself
+# (--attention-backend, which SGLang also sets by itself: _check_attention).
 REFUSED_RUNTIME_ARGS = {
+    "component_attention_backends": ("--component-attention-backends", {}, OWN_ATTENTION),
+    "component_attention_backend_roles": ("--component-attention-backends", {}, OWN_ATTENTION),  # its role-qualified keys
     "enable_torch_compile": ("--enable-torch-compile", False, "on CUDA the core runs its own fused kernels and CUDA graphs"),
     "enable_breakable_cuda_graph": ("--enable-breakable-cuda-graph", False, "on CUDA the core captures its own CUDA graphs"),
 }
@@ -383,19 +386,21 @@ def check_engine_options(server_args: Any) -> None:
 
 
 def _check_attention(server_args: Any) -> None:
-    """Refuse a user's attention backend: the core runs its own attention kernels.
+    """Refuse a user's --attention-backend: the core runs its own attention kernels.
 
-    SGLang fills --attention-backend by itself in two cases (fa when ring attention is asked for,
+    Not a table entry: SGLang fills --attention-backend by itself in two cases (fa when ring attention is asked for,
     aiter on ROCm), so those values pass: they cannot be told from a user's.
     """
     from sglang.multimodal_gen.runtime.platforms import current_platform
 
-    own = {None, *(["fa"] if (getattr(server_args, "ring_degree", 1) or 1) > 1 else []), *(["aiter"] if current_platform.is_rocm() else [])}
+    own = {None}
+    if (getattr(server_args, "ring_degree", 1) or 1) > 1:
+        own.add("fa")
+    if current_platform.is_rocm():
+        own.add("aiter")
     value = getattr(server_args, "attention_backend", None)
     if value not in own:
         raise ValueError(f"--attention-backend {value!r}: not supported by the Helios core ({OWN_ATTENTION}); leave it unset")
-    if getattr(server_args, "component_attention_backends", None) or getattr(server_args, "component_attention_backend_roles", None):
-        raise ValueError(f"--component-attention-backends: not supported by the Helios core ({OWN_ATTENTION}); leave it unset")
 
 
 def _refuse_set(source: Any, refused: dict[str, tuple[str, Any, str]]) -> None:
